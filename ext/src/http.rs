@@ -1,0 +1,315 @@
+//! The server side of the Fetch layer: how a request reaches JavaScript and
+//! how the Response a handler produced gets back to hyper.
+//!
+//! The engine registers a response slot in [`PendingResponses`] and passes its
+//! id to JavaScript; the handler's Response comes back through one of the
+//! `op_respond*` ops, which fill the slot. Bodies never go through JSON or
+//! serde: strings and bytes are copied once, streams are read chunk by chunk
+//! from a deno_core resource.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use deno_core::{op2, v8, AsyncResult, BufView, OpState, Resource, ResourceId};
+use deno_error::JsErrorBox;
+use http::{HeaderName, HeaderValue, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::oneshot;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A request body as the engine hands it over (already size-limited).
+pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+pub type HttpResponse = http::Response<ResponseBody>;
+
+/// What a finished handler produced, or why it failed.
+pub enum HandlerOutcome {
+  Response(HttpResponse),
+  /// The handler threw, rejected, or produced something other than a
+  /// Response; the string is the JavaScript error with its stack.
+  Error(String),
+}
+
+/// Response slots of the requests in flight in one isolate.
+#[derive(Default)]
+pub struct PendingResponses {
+  next_id: u32,
+  slots: HashMap<u32, oneshot::Sender<HandlerOutcome>>,
+}
+
+impl PendingResponses {
+  pub fn insert(&mut self, slot: oneshot::Sender<HandlerOutcome>) -> u32 {
+    self.next_id = self.next_id.wrapping_add(1);
+    self.slots.insert(self.next_id, slot);
+    self.next_id
+  }
+
+  pub fn take(&mut self, id: u32) -> Option<oneshot::Sender<HandlerOutcome>> {
+    self.slots.remove(&id)
+  }
+
+  pub fn is_empty(&self) -> bool {
+    self.slots.is_empty()
+  }
+
+  /// Fails every request still waiting: used when nothing left in the
+  /// isolate can ever produce their responses.
+  pub fn fail_all(&mut self, reason: &str) -> usize {
+    let n = self.slots.len();
+    for (_, slot) in self.slots.drain() {
+      let _ = slot.send(HandlerOutcome::Error(reason.to_string()));
+    }
+    n
+  }
+}
+
+fn build_response(
+  scope: &mut v8::PinScope<'_, '_>,
+  status: u32,
+  headers: v8::Local<'_, v8::Array>,
+  body: ResponseBody,
+) -> Result<HttpResponse, JsErrorBox> {
+  let status = u16::try_from(status)
+    .ok()
+    .and_then(|s| StatusCode::from_u16(s).ok())
+    .ok_or_else(|| JsErrorBox::range_error(format!("invalid status {status}")))?;
+  let mut response = http::Response::new(body);
+  *response.status_mut() = status;
+  let map = response.headers_mut();
+  let len = headers.length();
+  map.reserve(len as usize / 2);
+  let mut i = 0;
+  while i + 1 < len {
+    let name = headers.get_index(scope, i).unwrap();
+    let value = headers.get_index(scope, i + 1).unwrap();
+    let name = name.to_rust_string_lossy(scope);
+    let value = value.to_rust_string_lossy(scope);
+    let name = HeaderName::from_bytes(name.as_bytes())
+      .map_err(|_| JsErrorBox::type_error(format!("invalid header name {name:?}")))?;
+    let value = HeaderValue::from_str(&value)
+      .map_err(|_| JsErrorBox::type_error(format!("invalid header value for {name}")))?;
+    map.append(name, value);
+    i += 2;
+  }
+  Ok(response)
+}
+
+fn send(state: &mut OpState, id: u32, outcome: HandlerOutcome) {
+  if let Some(slot) = state.borrow_mut::<PendingResponses>().take(id) {
+    // The client may be gone; then there is nobody to answer.
+    let _ = slot.send(outcome);
+  }
+}
+
+/// Answers request `id` with a body held whole: a string, bytes, or nothing.
+#[op2(fast)]
+pub fn op_respond<'s>(
+  scope: &mut v8::PinScope<'s, '_>,
+  state: &mut OpState,
+  #[smi] id: u32,
+  #[smi] status: u32,
+  headers: v8::Local<'s, v8::Array>,
+  body: v8::Local<'s, v8::Value>,
+) -> Result<(), JsErrorBox> {
+  let body = if body.is_null_or_undefined() {
+    ResponseBody::empty()
+  } else if let Ok(s) = v8::Local::<v8::String>::try_from(body) {
+    ResponseBody::full(Bytes::from(s.to_rust_string_lossy(scope)))
+  } else if let Ok(view) = v8::Local::<v8::ArrayBufferView>::try_from(body) {
+    let mut bytes = vec![0; view.byte_length()];
+    view.copy_contents(&mut bytes);
+    ResponseBody::full(Bytes::from(bytes))
+  } else {
+    return Err(JsErrorBox::type_error("unsupported response body"));
+  };
+  let response = build_response(scope, status, headers, body)?;
+  send(state, id, HandlerOutcome::Response(response));
+  Ok(())
+}
+
+/// Answers request `id` with a body read from resource `rid` (a
+/// ReadableStream turned into a resource, or a body resource passed through).
+#[op2(fast)]
+pub fn op_respond_stream<'s>(
+  scope: &mut v8::PinScope<'s, '_>,
+  state: &mut OpState,
+  #[smi] id: u32,
+  #[smi] status: u32,
+  headers: v8::Local<'s, v8::Array>,
+  #[smi] rid: ResourceId,
+) -> Result<(), JsErrorBox> {
+  let resource = state
+    .resource_table
+    .take_any(rid)
+    .map_err(JsErrorBox::from_err)?;
+  let response = build_response(scope, status, headers, ResponseBody::stream(resource))?;
+  send(state, id, HandlerOutcome::Response(response));
+  Ok(())
+}
+
+/// Request `id` failed in JavaScript: `error` is the error with its stack.
+#[op2(fast)]
+pub fn op_respond_error(state: &mut OpState, #[smi] id: u32, #[string] error: String) {
+  send(state, id, HandlerOutcome::Error(error));
+}
+
+/// Chunks read from a stream resource at a time.
+const STREAM_READ_SIZE: usize = 64 * 1024;
+
+/// The body of a response produced by a script.
+pub struct ResponseBody(BodyKind);
+
+enum BodyKind {
+  Full(Option<Bytes>),
+  Stream {
+    resource: Rc<dyn Resource>,
+    pending: Option<AsyncResult<BufView>>,
+    done: bool,
+  },
+}
+
+impl ResponseBody {
+  pub fn empty() -> Self {
+    Self(BodyKind::Full(None))
+  }
+
+  pub fn full(bytes: Bytes) -> Self {
+    Self(BodyKind::Full(Some(bytes).filter(|b| !b.is_empty())))
+  }
+
+  pub fn stream(resource: Rc<dyn Resource>) -> Self {
+    Self(BodyKind::Stream {
+      resource,
+      pending: None,
+      done: false,
+    })
+  }
+}
+
+impl Drop for ResponseBody {
+  fn drop(&mut self) {
+    // A client that went away, or a finished stream: either way the
+    // resource's producer (a JS reader) must learn it can stop.
+    if let BodyKind::Stream { resource, .. } = &self.0 {
+      resource.clone().close();
+    }
+  }
+}
+
+impl Body for ResponseBody {
+  type Data = Bytes;
+  type Error = JsErrorBox;
+
+  fn poll_frame(
+    mut self: Pin<&mut Self>,
+    cx: &mut Context<'_>,
+  ) -> Poll<Option<Result<Frame<Bytes>, JsErrorBox>>> {
+    match &mut self.0 {
+      BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+      BodyKind::Stream {
+        resource,
+        pending,
+        done,
+      } => {
+        if *done {
+          return Poll::Ready(None);
+        }
+        let read = pending.get_or_insert_with(|| resource.clone().read(STREAM_READ_SIZE));
+        let result = std::task::ready!(read.as_mut().poll(cx));
+        *pending = None;
+        match result {
+          Ok(view) if view.is_empty() => {
+            *done = true;
+            Poll::Ready(None)
+          }
+          Ok(view) => Poll::Ready(Some(Ok(Frame::data(bufview_to_bytes(view))))),
+          Err(e) => {
+            *done = true;
+            Poll::Ready(Some(Err(e)))
+          }
+        }
+      }
+    }
+  }
+
+  fn is_end_stream(&self) -> bool {
+    match &self.0 {
+      BodyKind::Full(bytes) => bytes.is_none(),
+      BodyKind::Stream { done, .. } => *done,
+    }
+  }
+
+  fn size_hint(&self) -> SizeHint {
+    match &self.0 {
+      BodyKind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+      BodyKind::Stream { .. } => SizeHint::default(),
+    }
+  }
+}
+
+fn bufview_to_bytes(view: BufView) -> Bytes {
+  Bytes::copy_from_slice(&view)
+}
+
+/// A request body as a deno_core resource, so JavaScript reads it as a
+/// ReadableStream while it is still arriving.
+pub struct RequestBodyResource {
+  body: RefCell<RequestBody>,
+  leftover: RefCell<Bytes>,
+  cancel: deno_core::CancelHandle,
+}
+
+impl RequestBodyResource {
+  pub fn new(body: RequestBody) -> Self {
+    Self {
+      body: RefCell::new(body),
+      leftover: RefCell::new(Bytes::new()),
+      cancel: Default::default(),
+    }
+  }
+
+  async fn next_chunk(self: Rc<Self>, limit: usize) -> Result<BufView, JsErrorBox> {
+    loop {
+      {
+        let mut leftover = self.leftover.borrow_mut();
+        if !leftover.is_empty() {
+          let n = limit.min(leftover.len());
+          return Ok(BufView::from(leftover.split_to(n)));
+        }
+      }
+      let frame = std::future::poll_fn(|cx| Pin::new(&mut *self.body.borrow_mut()).poll_frame(cx)).await;
+      match frame {
+        None => return Ok(BufView::empty()),
+        Some(Err(e)) => return Err(JsErrorBox::generic(format!("request body: {e}"))),
+        Some(Ok(frame)) => {
+          if let Ok(data) = frame.into_data() {
+            *self.leftover.borrow_mut() = data;
+          }
+        }
+      }
+    }
+  }
+}
+
+impl Resource for RequestBodyResource {
+  fn name(&self) -> std::borrow::Cow<'_, str> {
+    "requestBody".into()
+  }
+
+  fn read(self: Rc<Self>, limit: usize) -> AsyncResult<BufView> {
+    use deno_core::futures::FutureExt;
+    use deno_core::RcRef;
+    let cancel = RcRef::map(&self, |r| &r.cancel);
+    Box::pin(
+      deno_core::CancelFuture::or_cancel(self.clone().next_chunk(limit), cancel)
+        .map(|r| r.unwrap_or_else(|_| Err(JsErrorBox::generic("request body read cancelled")))),
+    )
+  }
+
+  fn close(self: Rc<Self>) {
+    self.cancel.cancel();
+  }
+}

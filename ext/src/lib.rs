@@ -1,0 +1,51 @@
+//! The runtime's extension: the ops behind the global scope a Workers script
+//! sees, and the list of JavaScript files (in `js/`) evaluated into the
+//! startup snapshot.
+
+pub mod console;
+pub mod http;
+
+use std::sync::Arc;
+
+use deno_core::Extension;
+
+deno_core::extension!(
+  runtime,
+  deps = [deno_webidl, deno_web, deno_crypto],
+  ops = [
+    console::op_log,
+    http::op_respond,
+    http::op_respond_stream,
+    http::op_respond_error,
+  ],
+  esm_entry_point = "ext:runtime/99_main.js",
+  esm = [
+    dir "../js",
+    "00_web.js",
+    "10_headers.js",
+    "11_body.js",
+    "12_formdata.js",
+    "13_request.js",
+    "14_response.js",
+    "20_fetch_event.js",
+    "90_global_scope.js",
+    "99_main.js",
+  ],
+);
+
+/// Every extension an isolate needs, in dependency order. The same list is
+/// used to build the snapshot and to create isolates from it, as deno_core
+/// requires.
+pub fn extensions() -> Vec<Extension> {
+  vec![
+    deno_webidl::deno_webidl::init(),
+    deno_web::deno_web::init(
+      Arc::new(deno_web::BlobStore::default()),
+      None,
+      false,
+      Default::default(),
+    ),
+    deno_crypto::deno_crypto::init(None),
+    runtime::init(),
+  ]
+}

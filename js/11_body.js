@@ -1,0 +1,2 @@
+// TEMPORARY engine-bring-up placeholder; replaced by the real Fetch layer.
+export {};

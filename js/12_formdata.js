@@ -1,0 +1,3 @@
+// TEMPORARY engine-bring-up placeholder; replaced by the real Fetch layer.
+class FormData {}
+export { FormData };

@@ -1,0 +1,217 @@
+// How a request from the engine reaches the script's fetch handler, in
+// either syntax (service worker `addEventListener("fetch")` or a module's
+// `export default { fetch }`), and how its Response goes back.
+import { core, primordials } from "ext:core/mod.js";
+import { event, streams, webidl } from "ext:runtime/00_web.js";
+import { newServerRequest } from "ext:runtime/13_request.js";
+import { extractResponseParts } from "ext:runtime/14_response.js";
+
+const { op_log, op_respond, op_respond_error, op_respond_stream } = core.ops;
+const {
+  FunctionPrototypeCall,
+  ObjectPrototypeIsPrototypeOf,
+  PromisePrototypeThen,
+  PromiseResolve,
+  Symbol,
+  SymbolToStringTag,
+  TypeError,
+} = primordials;
+const { Event, EventTarget, listenerCount } = event;
+const EventTargetPrototypeDispatchEvent = (target, ev) =>
+  FunctionPrototypeCall(EventTarget.prototype.dispatchEvent, target, ev);
+const {
+  getReadableStreamResourceBacking,
+  readableStreamForRid,
+  resourceForReadableStream,
+} = streams;
+
+const _request = Symbol("[[request]]");
+const _response = Symbol("[[response]]");
+const _respondWithCalled = Symbol("[[respondWithCalled]]");
+const _waitUntil = Symbol("[[waitUntil]]");
+const illegalConstructor = Symbol("illegalConstructor");
+
+// Work handed to waitUntil keeps running after the response is sent: the
+// isolate's event loop keeps it alive. A rejection is logged, never fatal.
+function keepAlive(promise) {
+  PromisePrototypeThen(PromiseResolve(promise), undefined, (error) => {
+    reportToLog("waitUntil() promise rejected", error);
+  });
+}
+
+function reportToLog(what, error) {
+  op_log(3, `${what}: ${error?.stack ?? String(error)}`);
+}
+
+class FetchEvent extends Event {
+  [_request];
+  [_response] = undefined;
+  [_respondWithCalled] = false;
+
+  constructor(key, request) {
+    if (key !== illegalConstructor) {
+      throw new TypeError("Illegal constructor");
+    }
+    super("fetch", { cancelable: true });
+    this[_request] = request;
+  }
+
+  get request() {
+    return this[_request];
+  }
+
+  respondWith(response) {
+    if (this[_respondWithCalled]) {
+      throw new DOMExceptionLike("respondWith() was already called");
+    }
+    this[_respondWithCalled] = true;
+    this[_response] = response;
+    this.preventDefault();
+  }
+
+  waitUntil(promise) {
+    keepAlive(promise);
+  }
+
+  // Accepted for Workers compatibility; there is no origin to fall back to.
+  passThroughOnException() {}
+
+  get [SymbolToStringTag]() {
+    return "FetchEvent";
+  }
+}
+
+function DOMExceptionLike(message) {
+  return new globalThis.DOMException(message, "InvalidStateError");
+}
+
+// The `ctx` argument of a module-syntax handler.
+class ExecutionContext {
+  constructor(key) {
+    if (key !== illegalConstructor) {
+      throw new TypeError("Illegal constructor");
+    }
+  }
+
+  waitUntil(promise) {
+    keepAlive(promise);
+  }
+
+  passThroughOnException() {}
+
+  get [SymbolToStringTag]() {
+    return "ExecutionContext";
+  }
+}
+
+// The script's handler, fixed once its module has been evaluated.
+let moduleHandler = null;
+let env = {};
+
+// Called by the engine after the user's module was evaluated. Returns false
+// when the script has no fetch handler at all.
+function setHandler(namespace, bindings) {
+  env = bindings ?? {};
+  const exported = namespace?.default;
+  if (exported != null && typeof exported.fetch === "function") {
+    moduleHandler = exported;
+    return true;
+  }
+  return listenerCount(globalThis, "fetch") > 0;
+}
+
+// An exception thrown by a fetch listener is reported by EventTarget's
+// dispatch, not thrown to us; the global scope hands it here while a fetch
+// event is being dispatched so the request fails with that error.
+let listenerError = null;
+let dispatching = false;
+
+function captureListenerError(error) {
+  if (!dispatching) return false;
+  listenerError ??= { error };
+  return true;
+}
+
+function respond(id, value) {
+  let parts;
+  try {
+    parts = extractResponseParts(value);
+  } catch (error) {
+    op_respond_error(id, error?.stack ?? String(error));
+    return;
+  }
+  const { status, headers, body } = parts;
+  if (
+    body !== null && typeof body === "object" &&
+    ObjectPrototypeIsPrototypeOf(globalThis.ReadableStream.prototype, body)
+  ) {
+    // A body that is a Rust resource already (a request body passed
+    // through) is handed over as is; any other stream is pumped by Rust.
+    const backing = getReadableStreamResourceBacking(body);
+    const rid = backing !== undefined && !body.locked
+      ? backing.rid
+      : resourceForReadableStream(body);
+    op_respond_stream(id, status, headers, rid);
+  } else {
+    op_respond(id, status, headers, body);
+  }
+}
+
+function fail(id, error) {
+  op_respond_error(id, error?.stack ?? String(error));
+}
+
+// Entry point from the engine for one request.
+function dispatchFetch(id, method, url, headers, bodyRid) {
+  const body = bodyRid === undefined ? null : readableStreamForRid(bodyRid);
+  let result;
+  try {
+    const request = newServerRequest(method, url, headers, body);
+    if (moduleHandler !== null) {
+      result = moduleHandler.fetch(
+        request,
+        env,
+        new ExecutionContext(illegalConstructor),
+      );
+    } else {
+      const event = new FetchEvent(illegalConstructor, request);
+      dispatching = true;
+      listenerError = null;
+      try {
+        EventTargetPrototypeDispatchEvent(globalThis, event);
+      } finally {
+        dispatching = false;
+      }
+      if (listenerError !== null) throw listenerError.error;
+      if (!event[_respondWithCalled]) {
+        throw new TypeError(
+          "No response: the fetch event listener did not call event.respondWith()",
+        );
+      }
+      result = event[_response];
+    }
+  } catch (error) {
+    fail(id, error);
+    return;
+  }
+  if (result !== null && typeof result?.then === "function") {
+    PromisePrototypeThen(
+      PromiseResolve(result),
+      (response) => respond(id, response),
+      (error) => fail(id, error),
+    );
+  } else {
+    respond(id, result);
+  }
+}
+
+webidl.configureInterface?.(FetchEvent);
+
+export {
+  captureListenerError,
+  dispatchFetch,
+  ExecutionContext,
+  FetchEvent,
+  reportToLog,
+  setHandler,
+};

@@ -1,0 +1,229 @@
+// The global scope a script sees: the WinterTC (ECMA-429) Minimum Common Web
+// Platform API, Workers' `addEventListener("fetch")`, and nothing of the
+// engine (no `Deno`, no ops: the engine removes those before user code runs).
+import { core, primordials } from "ext:core/mod.js";
+import * as web from "ext:runtime/00_web.js";
+import { Headers } from "ext:runtime/10_headers.js";
+import { FormData } from "ext:runtime/12_formdata.js";
+import { Request } from "ext:runtime/13_request.js";
+import { Response } from "ext:runtime/14_response.js";
+import {
+  captureListenerError,
+  ExecutionContext,
+  FetchEvent,
+  reportToLog,
+} from "ext:runtime/20_fetch_event.js";
+
+const {
+  ObjectDefineProperties,
+  ObjectDefineProperty,
+  ObjectPrototypeIsPrototypeOf,
+  ObjectSetPrototypeOf,
+  Symbol,
+  SymbolToStringTag,
+  TypeError,
+} = primordials;
+const { op_log } = core.ops;
+const { event, streams } = web;
+
+const illegalConstructor = Symbol("illegalConstructor");
+
+class ServiceWorkerGlobalScope extends event.EventTarget {
+  constructor(key) {
+    if (key !== illegalConstructor) throw new TypeError("Illegal constructor");
+    super();
+  }
+
+  // deno_web reports an uncaught exception (from a listener, a timer, a
+  // microtask) by dispatching an ErrorEvent here and, if nobody cancelled
+  // it, asking deno_core to terminate the isolate. A server isolate must
+  // survive its scripts' mistakes: log the error and claim it handled.
+  dispatchEvent(ev) {
+    const notCancelled = super.dispatchEvent(ev);
+    if (
+      notCancelled && ev.type === "error" &&
+      ObjectPrototypeIsPrototypeOf(event.ErrorEvent.prototype, ev)
+    ) {
+      if (!captureListenerError(ev.error)) {
+        reportToLog("Uncaught", ev.error);
+      }
+      return false;
+    }
+    return notCancelled;
+  }
+
+  get [SymbolToStringTag]() {
+    return "ServiceWorkerGlobalScope";
+  }
+}
+
+class Navigator {
+  constructor(key) {
+    if (key !== illegalConstructor) throw new TypeError("Illegal constructor");
+  }
+
+  get userAgent() {
+    return "runtime/0.1";
+  }
+
+  get hardwareConcurrency() {
+    return 1;
+  }
+
+  get language() {
+    return "en-US";
+  }
+
+  get [SymbolToStringTag]() {
+    return "Navigator";
+  }
+}
+const navigator = new Navigator(illegalConstructor);
+
+// Interfaces: non-enumerable, writable, configurable (WebIDL).
+const nonEnumerable = (value) => ({
+  __proto__: null,
+  value,
+  enumerable: false,
+  writable: true,
+  configurable: true,
+});
+// Operations and attributes of the global scope: enumerable.
+const enumerable = (value) => ({
+  __proto__: null,
+  value,
+  enumerable: true,
+  writable: true,
+  configurable: true,
+});
+const getter = (get) => ({
+  __proto__: null,
+  get,
+  enumerable: true,
+  configurable: true,
+});
+
+const printer = (message, level) => op_log(level === 4 ? 3 : level, message);
+
+const globalScope = {
+  // deno_web
+  AbortController: nonEnumerable(web.abortSignal.AbortController),
+  AbortSignal: nonEnumerable(web.abortSignal.AbortSignal),
+  Blob: nonEnumerable(web.file.Blob),
+  ByteLengthQueuingStrategy: nonEnumerable(streams.ByteLengthQueuingStrategy),
+  CompressionStream: nonEnumerable(web.compression.CompressionStream),
+  CountQueuingStrategy: nonEnumerable(streams.CountQueuingStrategy),
+  CustomEvent: nonEnumerable(event.CustomEvent),
+  DecompressionStream: nonEnumerable(web.compression.DecompressionStream),
+  DOMException: nonEnumerable(web.domException.DOMException),
+  ErrorEvent: nonEnumerable(event.ErrorEvent),
+  Event: nonEnumerable(event.Event),
+  EventTarget: nonEnumerable(event.EventTarget),
+  File: nonEnumerable(web.file.File),
+  FileReader: nonEnumerable(web.fileReader.FileReader),
+  MessageChannel: nonEnumerable(web.messagePort.MessageChannel),
+  MessageEvent: nonEnumerable(event.MessageEvent),
+  MessagePort: nonEnumerable(web.messagePort.MessagePort),
+  Performance: nonEnumerable(web.performance.Performance),
+  PerformanceEntry: nonEnumerable(web.performance.PerformanceEntry),
+  PerformanceMark: nonEnumerable(web.performance.PerformanceMark),
+  PerformanceMeasure: nonEnumerable(web.performance.PerformanceMeasure),
+  PromiseRejectionEvent: nonEnumerable(event.PromiseRejectionEvent),
+  ReadableByteStreamController: nonEnumerable(
+    streams.ReadableByteStreamController,
+  ),
+  ReadableStream: nonEnumerable(streams.ReadableStream),
+  ReadableStreamBYOBReader: nonEnumerable(streams.ReadableStreamBYOBReader),
+  ReadableStreamBYOBRequest: nonEnumerable(streams.ReadableStreamBYOBRequest),
+  ReadableStreamDefaultController: nonEnumerable(
+    streams.ReadableStreamDefaultController,
+  ),
+  ReadableStreamDefaultReader: nonEnumerable(
+    streams.ReadableStreamDefaultReader,
+  ),
+  TextDecoder: nonEnumerable(web.encoding.TextDecoder),
+  TextDecoderStream: nonEnumerable(web.encoding.TextDecoderStream),
+  TextEncoder: nonEnumerable(web.encoding.TextEncoder),
+  TextEncoderStream: nonEnumerable(web.encoding.TextEncoderStream),
+  TransformStream: nonEnumerable(streams.TransformStream),
+  TransformStreamDefaultController: nonEnumerable(
+    streams.TransformStreamDefaultController,
+  ),
+  URL: nonEnumerable(web.url.URL),
+  URLPattern: nonEnumerable(web.urlPattern.URLPattern),
+  URLSearchParams: nonEnumerable(web.url.URLSearchParams),
+  WritableStream: nonEnumerable(streams.WritableStream),
+  WritableStreamDefaultController: nonEnumerable(
+    streams.WritableStreamDefaultController,
+  ),
+  WritableStreamDefaultWriter: nonEnumerable(
+    streams.WritableStreamDefaultWriter,
+  ),
+  // deno_crypto: `crypto` is minted on first use, never at snapshot time.
+  Crypto: nonEnumerable(web.crypto.Crypto),
+  CryptoKey: nonEnumerable(web.crypto.CryptoKey),
+  SubtleCrypto: nonEnumerable(web.crypto.SubtleCrypto),
+  crypto: getter(() => web.crypto.crypto),
+  // ours
+  ExecutionContext: nonEnumerable(ExecutionContext),
+  FetchEvent: nonEnumerable(FetchEvent),
+  FormData: nonEnumerable(FormData),
+  Headers: nonEnumerable(Headers),
+  Navigator: nonEnumerable(Navigator),
+  Request: nonEnumerable(Request),
+  Response: nonEnumerable(Response),
+  ServiceWorkerGlobalScope: nonEnumerable(ServiceWorkerGlobalScope),
+  // functions and attributes
+  atob: enumerable(web.base64.atob),
+  btoa: enumerable(web.base64.btoa),
+  clearInterval: enumerable(web.timers.clearInterval),
+  clearTimeout: enumerable(web.timers.clearTimeout),
+  console: nonEnumerable(new web.consoleNs.Console(printer)),
+  navigator: getter(() => navigator),
+  performance: enumerable(web.performance.performance),
+  reportError: enumerable(event.reportError),
+  setInterval: enumerable(web.timers.setInterval),
+  setTimeout: enumerable(web.timers.setTimeout),
+  structuredClone: enumerable(web.messagePort.structuredClone),
+};
+
+function onUnhandledRejection(promise, reason) {
+  const rejection = new event.PromiseRejectionEvent("unhandledrejection", {
+    cancelable: true,
+    promise,
+    reason,
+  });
+  try {
+    globalThis.dispatchEvent(rejection);
+  } catch {
+    // A throwing listener is reported by dispatchEvent itself.
+  }
+  if (!rejection.defaultPrevented) {
+    reportToLog("Unhandled promise rejection", reason);
+  }
+  return true;
+}
+
+function installGlobalScope() {
+  ObjectDefineProperties(globalThis, globalScope);
+  ObjectSetPrototypeOf(globalThis, ServiceWorkerGlobalScope.prototype);
+  event.setEventTargetData(globalThis);
+  ObjectDefineProperty(globalThis, web.webidl.brand, {
+    __proto__: null,
+    value: web.webidl.brand,
+    enumerable: false,
+    writable: false,
+    configurable: true,
+  });
+  event.saveGlobalThisReference(globalThis);
+  ObjectDefineProperty(globalThis, "self", getter(() => globalThis));
+  event.defineEventHandler(globalThis, "error", undefined, true);
+  event.defineEventHandler(globalThis, "unhandledrejection");
+  event.defineEventHandler(globalThis, "rejectionhandled");
+  event.defineEventHandler(globalThis, "fetch");
+
+  core.setUnhandledPromiseRejectionHandler(onUnhandledRejection);
+  core.setReportExceptionCallback((error) => event.reportException(error));
+}
+
+export { installGlobalScope };

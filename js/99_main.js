@@ -1,0 +1,21 @@
+// Build-time entry point: evaluated once into the startup snapshot. The
+// engine finds `bootstrap` on the global object when it creates an isolate,
+// calls it, and it removes itself and every engine internal from the
+// global scope before the user's module is loaded.
+import { core, primordials } from "ext:core/mod.js";
+import { dispatchFetch, setHandler } from "ext:runtime/20_fetch_event.js";
+import { installGlobalScope } from "ext:runtime/90_global_scope.js";
+
+const { ReflectDeleteProperty } = primordials;
+
+installGlobalScope();
+
+function bootstrap() {
+  ReflectDeleteProperty(globalThis, "__runtimeBootstrap");
+  ReflectDeleteProperty(globalThis, "Deno");
+  ReflectDeleteProperty(globalThis, "__bootstrap");
+  return [dispatchFetch, setHandler];
+}
+
+globalThis.__runtimeBootstrap = bootstrap;
+void core;

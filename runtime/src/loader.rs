@@ -1,0 +1,97 @@
+//! Loads a user's script and the modules it imports, as ES modules.
+//!
+//! Only `file:` modules inside the script's own directory tree are loaded,
+//! and only while the worker is being created: once the module graph is
+//! evaluated the loader is sealed, so code running in a request cannot import
+//! anything new (no `node:`, no other files, no network).
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+
+use deno_core::error::ModuleLoaderError;
+use deno_core::{
+  resolve_import, ModuleLoadOptions, ModuleLoadReferrer, ModuleLoadResponse, ModuleLoader,
+  ModuleResolveResponse, ModuleSource, ModuleSourceCode, ModuleSpecifier, ModuleType,
+  ResolutionKind,
+};
+use deno_error::JsErrorBox;
+
+pub struct ScriptLoader {
+  root: PathBuf,
+  sealed: Cell<bool>,
+}
+
+impl ScriptLoader {
+  /// `root`: the directory imports may reach (the main script's directory).
+  pub fn new(root: PathBuf) -> Self {
+    Self {
+      root,
+      sealed: Cell::new(false),
+    }
+  }
+
+  /// Refuse every load from now on.
+  pub fn seal(&self) {
+    self.sealed.set(true);
+  }
+
+  fn check(&self, specifier: &ModuleSpecifier) -> Result<PathBuf, ModuleLoaderError> {
+    if self.sealed.get() {
+      return Err(JsErrorBox::type_error(format!(
+        "Module loading is not allowed after start-up: {specifier}"
+      )));
+    }
+    if specifier.scheme() != "file" {
+      return Err(JsErrorBox::type_error(format!(
+        "Unsupported module specifier {specifier}: only relative imports of the script's own files are allowed"
+      )));
+    }
+    let path = specifier
+      .to_file_path()
+      .map_err(|_| JsErrorBox::type_error(format!("Invalid module path {specifier}")))?;
+    if !path.starts_with(&self.root) {
+      return Err(JsErrorBox::type_error(format!(
+        "Module {specifier} is outside the script's directory {}",
+        self.root.display()
+      )));
+    }
+    Ok(path)
+  }
+}
+
+fn module_type(path: &Path, options: &ModuleLoadOptions) -> ModuleType {
+  match path.extension().and_then(|e| e.to_str()) {
+    Some("json") => ModuleType::Json,
+    Some("wasm") => ModuleType::Wasm,
+    _ => match &options.requested_module_type {
+      deno_core::RequestedModuleType::Text => ModuleType::Text,
+      deno_core::RequestedModuleType::Bytes => ModuleType::Bytes,
+      _ => ModuleType::JavaScript,
+    },
+  }
+}
+
+impl ModuleLoader for ScriptLoader {
+  fn resolve(&self, specifier: &str, referrer: &str, _kind: ResolutionKind) -> ModuleResolveResponse {
+    resolve_import(specifier, referrer).map_err(JsErrorBox::from_err)
+  }
+
+  fn load(
+    &self,
+    specifier: &ModuleSpecifier,
+    _referrer: Option<&ModuleLoadReferrer>,
+    options: ModuleLoadOptions,
+  ) -> ModuleLoadResponse {
+    let result = self.check(specifier).and_then(|path| {
+      let code = std::fs::read(&path)
+        .map_err(|e| JsErrorBox::generic(format!("Cannot read module {}: {e}", path.display())))?;
+      Ok(ModuleSource::new(
+        module_type(&path, &options),
+        ModuleSourceCode::Bytes(code.into_boxed_slice().into()),
+        specifier,
+        None,
+      ))
+    });
+    ModuleLoadResponse::Sync(result)
+  }
+}

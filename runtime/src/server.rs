@@ -1,0 +1,382 @@
+//! The HTTP server: shared-nothing threads, one per core, each with its own
+//! accept loop on a `SO_REUSEPORT` socket, its own isolate and its own
+//! current-thread tokio runtime, so a request never crosses threads.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use runtime_ext::http::{BoxError, HandlerOutcome, ResponseBody};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::worker::{IncomingRequest, Worker};
+
+/// Protective limits applied to every request.
+#[derive(Clone, Debug)]
+pub struct Limits {
+  pub max_body_bytes: u64,
+  pub max_header_bytes: usize,
+  /// A client that has not sent its whole request head by then is dropped.
+  pub header_read_timeout: Duration,
+  /// How long shutdown waits for requests in flight.
+  pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+  fn default() -> Self {
+    Self {
+      max_body_bytes: 100 * 1024 * 1024,
+      max_header_bytes: 64 * 1024,
+      header_read_timeout: Duration::from_secs(10),
+      shutdown_grace: Duration::from_secs(30),
+    }
+  }
+}
+
+pub struct ServeOptions {
+  pub script: PathBuf,
+  pub addr: SocketAddr,
+  pub threads: usize,
+  pub limits: Limits,
+}
+
+/// Serves `script` until SIGINT or SIGTERM, then finishes the requests in
+/// flight and returns.
+pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
+  let first = bind_reuseport(options.addr)?;
+  let local = first.local_addr()?;
+  let mut listeners = vec![first];
+  for _ in 1..options.threads {
+    listeners.push(bind_reuseport(local)?);
+  }
+
+  let (shutdown_tx, shutdown_rx) = watch::channel(false);
+  let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+  let mut threads = Vec::new();
+  for (i, listener) in listeners.into_iter().enumerate() {
+    let script = options.script.clone();
+    let limits = options.limits.clone();
+    let ready = ready_tx.clone();
+    let shutdown = shutdown_rx.clone();
+    let thread = std::thread::Builder::new()
+      .name(format!("isolate-{i}"))
+      .spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+          .enable_all()
+          .build()
+          .expect("tokio runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, serve_thread(listener, script, limits, ready, shutdown));
+      })?;
+    threads.push(thread);
+  }
+  drop(ready_tx);
+
+  for _ in 0..threads.len() {
+    match ready_rx.recv() {
+      Ok(Ok(())) => {}
+      Ok(Err(error)) => {
+        let _ = shutdown_tx.send(true);
+        return Err(error);
+      }
+      Err(_) => {
+        let _ = shutdown_tx.send(true);
+        anyhow::bail!("a server thread died while starting");
+      }
+    }
+  }
+  println!("Listening on http://{local}/");
+  use std::io::Write;
+  let _ = std::io::stdout().flush();
+  tracing::info!("listening on http://{local}/ with {} threads", threads.len());
+
+  let signals = tokio::runtime::Builder::new_current_thread()
+    .enable_all()
+    .build()?;
+  signals.block_on(wait_for_shutdown_signal())?;
+  tracing::info!("shutting down: finishing requests in flight");
+  let _ = shutdown_tx.send(true);
+  for thread in threads {
+    let _ = thread.join();
+  }
+  tracing::info!("stopped");
+  Ok(())
+}
+
+async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
+  use tokio::signal::unix::{signal, SignalKind};
+  let mut term = signal(SignalKind::terminate())?;
+  let mut int = signal(SignalKind::interrupt())?;
+  tokio::select! {
+    _ = term.recv() => {}
+    _ = int.recv() => {}
+  }
+  Ok(())
+}
+
+fn bind_reuseport(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+  use socket2::{Domain, Socket, Type};
+  let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+  socket.set_reuse_address(true)?;
+  socket.set_reuse_port(true)?;
+  socket.set_nonblocking(true)?;
+  socket
+    .bind(&addr.into())
+    .with_context(|| format!("cannot listen on {addr}"))?;
+  socket.listen(1024)?;
+  Ok(socket.into())
+}
+
+/// Spawns hyper's HTTP/2 tasks on this thread: they hold `!Send` bodies.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
+  fn execute(&self, future: F) {
+    tokio::task::spawn_local(future);
+  }
+}
+
+struct ThreadContext {
+  worker: mpsc::UnboundedSender<IncomingRequest>,
+  script: String,
+  limits: Limits,
+  local_addr: SocketAddr,
+}
+
+async fn serve_thread(
+  listener: std::net::TcpListener,
+  script: PathBuf,
+  limits: Limits,
+  ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
+  mut shutdown: watch::Receiver<bool>,
+) {
+  let worker = match Worker::load(&script).await {
+    Ok(worker) => worker,
+    Err(error) => {
+      let _ = ready.send(Err(error));
+      return;
+    }
+  };
+  let listener = match tokio::net::TcpListener::from_std(listener) {
+    Ok(l) => l,
+    Err(error) => {
+      let _ = ready.send(Err(error.into()));
+      return;
+    }
+  };
+  let local_addr = listener.local_addr().expect("bound socket");
+  let (worker_tx, worker_rx) = mpsc::unbounded_channel();
+  let script_name = worker.name().to_string();
+  let worker_task = tokio::task::spawn_local(worker.run(worker_rx));
+  let _ = ready.send(Ok(()));
+
+  let ctx = Rc::new(ThreadContext {
+    worker: worker_tx,
+    script: script_name,
+    limits: limits.clone(),
+    local_addr,
+  });
+  let mut builder = auto::Builder::new(LocalExec);
+  builder
+    .http1()
+    .timer(TokioTimer::new())
+    .header_read_timeout(limits.header_read_timeout)
+    .max_buf_size(limits.max_header_bytes.max(8192))
+    .keep_alive(true);
+  builder
+    .http2()
+    .timer(TokioTimer::new())
+    .max_header_list_size(limits.max_header_bytes as u32);
+  let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+
+  loop {
+    tokio::select! {
+      accepted = listener.accept() => {
+        let (stream, peer) = match accepted {
+          Ok(a) => a,
+          Err(error) => {
+            tracing::warn!("accept failed: {error}");
+            continue;
+          }
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let service = service_fn(move |request| handle(request, ctx.clone()));
+        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::task::spawn_local(async move {
+          if let Err(error) = connection.await {
+            tracing::debug!(%peer, "connection ended: {error}");
+          }
+        });
+      }
+      _ = shutdown.changed() => break,
+    }
+  }
+  drop(listener);
+  if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+    .await
+    .is_err()
+  {
+    tracing::warn!("shutdown: connections still open after the grace period were dropped");
+  }
+  drop(ctx);
+  let _ = tokio::time::timeout(limits.shutdown_grace, worker_task).await;
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+  let mut response = Response::new(ResponseBody::full(Bytes::from_static(text.as_bytes())));
+  *response.status_mut() = status;
+  response.headers_mut().insert(
+    header::CONTENT_TYPE,
+    HeaderValue::from_static("text/plain;charset=UTF-8"),
+  );
+  response
+}
+
+async fn handle(
+  request: Request<Incoming>,
+  ctx: Rc<ThreadContext>,
+) -> Result<Response<ResponseBody>, Infallible> {
+  let (parts, body) = request.into_parts();
+  let declared_length = parts
+    .headers
+    .get(header::CONTENT_LENGTH)
+    .and_then(|v| v.to_str().ok())
+    .and_then(|v| v.parse::<u64>().ok());
+  if declared_length.is_some_and(|n| n > ctx.limits.max_body_bytes) {
+    tracing::warn!(
+      script = %ctx.script,
+      "413: request body of {} bytes is over the {} byte limit",
+      declared_length.unwrap_or_default(),
+      ctx.limits.max_body_bytes
+    );
+    return Ok(plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"));
+  }
+
+  let url = absolute_url(&parts, ctx.local_addr);
+  let too_large = Arc::new(AtomicBool::new(false));
+  let body = if body.is_end_stream() {
+    None
+  } else {
+    Some(
+      LimitedBody {
+        inner: body,
+        remaining: ctx.limits.max_body_bytes,
+        exceeded: too_large.clone(),
+      }
+      .boxed_unsync(),
+    )
+  };
+  let (respond, response) = oneshot::channel();
+  let incoming = IncomingRequest {
+    method: parts.method,
+    url,
+    headers: parts.headers,
+    body,
+    respond,
+  };
+  if ctx.worker.send(incoming).is_err() {
+    return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n"));
+  }
+  let outcome = response.await;
+  if too_large.load(Ordering::Relaxed) {
+    tracing::warn!(
+      script = %ctx.script,
+      "413: request body is over the {} byte limit",
+      ctx.limits.max_body_bytes
+    );
+    return Ok(plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"));
+  }
+  Ok(match outcome {
+    Ok(HandlerOutcome::Response(response)) => response,
+    Ok(HandlerOutcome::Error(error)) => {
+      tracing::error!(script = %ctx.script, "500: {error}");
+      plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+    }
+    Err(_) => {
+      tracing::error!(script = %ctx.script, "500: the worker stopped before responding");
+      plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+    }
+  })
+}
+
+/// `request.url`: absolute, from the Host header (HTTP/1) or the authority
+/// (HTTP/2), falling back to the address the request came in on.
+fn absolute_url(parts: &http::request::Parts, local: SocketAddr) -> String {
+  let path = parts
+    .uri
+    .path_and_query()
+    .map(|p| p.as_str())
+    .unwrap_or("/");
+  let host = parts
+    .uri
+    .authority()
+    .map(|a| a.as_str().to_string())
+    .or_else(|| {
+      parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+    })
+    .unwrap_or_else(|| local.to_string());
+  format!("http://{host}{path}")
+}
+
+/// A request body that fails once it grows past the limit, and says so.
+struct LimitedBody {
+  inner: Incoming,
+  remaining: u64,
+  exceeded: Arc<AtomicBool>,
+}
+
+impl Body for LimitedBody {
+  type Data = Bytes;
+  type Error = BoxError;
+
+  fn poll_frame(
+    mut self: Pin<&mut Self>,
+    cx: &mut Context<'_>,
+  ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+    Poll::Ready(match frame {
+      Some(Ok(frame)) => {
+        let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+        if len > self.remaining {
+          self.exceeded.store(true, Ordering::Relaxed);
+          Some(Err("request body too large".into()))
+        } else {
+          self.remaining -= len;
+          Some(Ok(frame))
+        }
+      }
+      Some(Err(error)) => Some(Err(error.into())),
+      None => None,
+    })
+  }
+
+  fn is_end_stream(&self) -> bool {
+    self.inner.is_end_stream()
+  }
+
+  fn size_hint(&self) -> SizeHint {
+    self.inner.size_hint()
+  }
+}
