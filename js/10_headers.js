@@ -424,8 +424,9 @@ function isHeadersCopySource(value) {
 webidl.converters["HeadersInit"] = (V, prefix, context, opts) => {
   // Union of (sequence<sequence<ByteString>> or record<ByteString, ByteString>)
   if (webidl.type(V) === "Object") {
-    if (isHeadersCopySource(V)) return V;
-    if (V[SymbolIterator] !== undefined) {
+    const method = V[SymbolIterator];
+    if (method !== undefined) {
+      if (method === headersIterator && isHeadersCopySource(V)) return V;
       return webidl.converters["sequence<sequence<ByteString>>"](
         V,
         prefix,

@@ -1,10 +1,395 @@
-// TEMPORARY engine-bring-up placeholder; replaced by the real Fetch layer.
-import { Headers, headerListFromHeaders } from "ext:runtime/10_headers.js";
+// The Fetch standard's Response class (https://fetch.spec.whatwg.org/#response-class),
+// and the hand-over of a handler's Response to the engine.
+
+import { primordials } from "ext:core/mod.js";
+import { consoleNs, infra, webidl } from "ext:runtime/00_web.js";
+import {
+  appendTrustedHeader,
+  cloneHeaders,
+  fillHeaders,
+  guardFromHeaders,
+  hasHeader,
+  headerListFromHeaders,
+  headersFromList,
+} from "ext:runtime/10_headers.js";
+import {
+  cloneInnerBody,
+  extractBody,
+  InnerBody,
+  isBodyUnusable,
+  mixinBody,
+  takeBodyForEngine,
+} from "ext:runtime/11_body.js";
+import { parseURL, urlHref } from "ext:runtime/13_request.js";
+
+const {
+  ObjectFreeze,
+  ObjectPrototypeIsPrototypeOf,
+  RangeError,
+  RegExpPrototypeTest,
+  SafeRegExp,
+  Symbol,
+  SymbolFor,
+  TypeError,
+} = primordials;
+
+const { createFilteredInspectProxy } = consoleNs;
+
+// Internal slots.
+const _type = Symbol("[[type]]");
+const _status = Symbol("[[status]]");
+const _statusText = Symbol("[[statusText]]");
+const _url = Symbol("[[url]]");
+const _headers = Symbol("[[headers]]");
+const _body = Symbol("[[body]]");
+
+const kInternal = Symbol("response.internal");
+
+// reason-phrase = *( HTAB / SP / VCHAR / obs-text )
+const REASON_PHRASE_RE = new SafeRegExp(/^[\t\x20-\x7E\x80-\xFF]*$/);
+
+/** @param {number} status */
+function isNullBodyStatus(status) {
+  return status === 101 || status === 103 || status === 204 ||
+    status === 205 || status === 304;
+}
+
+/** @param {number} status */
+function isRedirectStatus(status) {
+  return status === 301 || status === 302 || status === 303 ||
+    status === 307 || status === 308;
+}
+
+function setResponseFields(response, type, status, statusText, headers, body) {
+  response[_type] = type;
+  response[_status] = status;
+  response[_statusText] = statusText;
+  response[_url] = "";
+  response[_headers] = headers;
+  response[_body] = body;
+}
+
+const DEFAULT_INIT = ObjectFreeze({
+  __proto__: null,
+  status: 200,
+  statusText: "",
+});
+
+/**
+ * "Initialize a response" (https://fetch.spec.whatwg.org/#initialize-a-response).
+ * @param {Response} response  with default fields and an empty header list
+ * @param {{ status: number, statusText: string, headers?: any }} init
+ * @param {{ body: InnerBody, contentType: string | null } | null} bodyWithType
+ * @param {string} prefix
+ */
+function initializeResponse(response, init, bodyWithType, prefix) {
+  const status = init.status;
+  if (status < 200 || status > 599) {
+    throw new RangeError(
+      `${prefix}: The status provided (${status}) is outside the range [200, 599]`,
+    );
+  }
+  const statusText = init.statusText;
+  if (statusText !== "" && !RegExpPrototypeTest(REASON_PHRASE_RE, statusText)) {
+    throw new TypeError(
+      `${prefix}: Invalid status text: "${statusText}"`,
+    );
+  }
+  response[_status] = status;
+  response[_statusText] = statusText;
+  const headers = response[_headers];
+  if (init.headers !== undefined) {
+    fillHeaders(headers, init.headers, prefix);
+  }
+  if (bodyWithType !== null) {
+    if (isNullBodyStatus(status)) {
+      throw new TypeError(
+        `${prefix}: Response with null body status (${status}) cannot have a body`,
+      );
+    }
+    response[_body] = bodyWithType.body;
+    const contentType = bodyWithType.contentType;
+    if (contentType !== null && !hasHeader(headers, "content-type")) {
+      appendTrustedHeader(headers, "content-type", contentType);
+    }
+  }
+}
+
 class Response {
-  constructor(body = null, init = {}) { this.body = body; this.status = init.status ?? 200; this.headers = new Headers(init.headers); if (typeof body === "string") this.headers.set("content-type", "text/plain;charset=UTF-8"); }
+  /**
+   * @param {BodyInit | null} [body]
+   * @param {ResponseInit} [init]
+   */
+  constructor(body = null, init = undefined) {
+    this[webidl.brand] = webidl.brand;
+    if (body === kInternal) return;
+    const prefix = "Failed to construct 'Response'";
+    body = webidl.converters["BodyInit?"](body, prefix, "Argument 1");
+    init = init === undefined
+      ? DEFAULT_INIT
+      : webidl.converters["ResponseInit"](init, prefix, "Argument 2");
+    setResponseFields(
+      this,
+      "default",
+      200,
+      "",
+      headersFromList([], "response"),
+      null,
+    );
+    const bodyWithType = body === null ? null : extractBody(body);
+    initializeResponse(this, init, bodyWithType, prefix);
+  }
+
+  /** @returns {Response} */
+  static error() {
+    const response = new Response(kInternal);
+    setResponseFields(
+      response,
+      "error",
+      0,
+      "",
+      headersFromList([], "immutable"),
+      null,
+    );
+    return response;
+  }
+
+  /**
+   * @param {string} url
+   * @param {number} [status]
+   * @returns {Response}
+   */
+  static redirect(url, status = 302) {
+    const prefix = "Failed to execute 'redirect' on 'Response'";
+    webidl.requiredArguments(arguments.length, 1, prefix);
+    url = webidl.converters.USVString(url, prefix, "Argument 1");
+    status = webidl.converters["unsigned short"](status, prefix, "Argument 2");
+    const location = urlHref(parseURL(url, prefix, "URL"));
+    if (!isRedirectStatus(status)) {
+      throw new RangeError(`${prefix}: Invalid redirect status code: ${status}`);
+    }
+    const response = new Response(kInternal);
+    setResponseFields(
+      response,
+      "default",
+      status,
+      "",
+      headersFromList(["location", location], "immutable"),
+      null,
+    );
+    return response;
+  }
+
+  /**
+   * @param {any} data
+   * @param {ResponseInit} [init]
+   * @returns {Response}
+   */
+  static json(data, init = undefined) {
+    const prefix = "Failed to execute 'json' on 'Response'";
+    webidl.requiredArguments(arguments.length, 1, prefix);
+    init = init === undefined
+      ? DEFAULT_INIT
+      : webidl.converters["ResponseInit"](init, prefix, "Argument 2");
+    // JSON text is always well-formed: keep it as a string source.
+    const text = infra.serializeJSValueToJSONString(data);
+    const response = new Response(kInternal);
+    setResponseFields(
+      response,
+      "default",
+      200,
+      "",
+      headersFromList([], "response"),
+      null,
+    );
+    initializeResponse(
+      response,
+      init,
+      { body: new InnerBody(null, text, null), contentType: "application/json" },
+      prefix,
+    );
+    return response;
+  }
+
+  /** @returns {"basic" | "cors" | "default" | "error" | "opaque" | "opaqueredirect"} */
+  get type() {
+    webidl.assertBranded(this, ResponsePrototype);
+    return this[_type];
+  }
+
+  /** @returns {string} */
+  get url() {
+    webidl.assertBranded(this, ResponsePrototype);
+    return this[_url];
+  }
+
+  /** @returns {boolean} */
+  get redirected() {
+    webidl.assertBranded(this, ResponsePrototype);
+    return false;
+  }
+
+  /** @returns {number} */
+  get status() {
+    webidl.assertBranded(this, ResponsePrototype);
+    return this[_status];
+  }
+
+  /** @returns {boolean} */
+  get ok() {
+    webidl.assertBranded(this, ResponsePrototype);
+    const status = this[_status];
+    return status >= 200 && status <= 299;
+  }
+
+  /** @returns {string} */
+  get statusText() {
+    webidl.assertBranded(this, ResponsePrototype);
+    return this[_statusText];
+  }
+
+  /** @returns {Headers} */
+  get headers() {
+    webidl.assertBranded(this, ResponsePrototype);
+    return this[_headers];
+  }
+
+  /** @returns {Response} */
+  clone() {
+    webidl.assertBranded(this, ResponsePrototype);
+    const prefix = "Failed to execute 'clone' on 'Response'";
+    const inner = this[_body];
+    if (inner !== null && isBodyUnusable(inner)) {
+      throw new TypeError(
+        `${prefix}: Body is unusable: it has already been read or is locked`,
+      );
+    }
+    const headers = this[_headers];
+    const cloned = new Response(kInternal);
+    setResponseFields(
+      cloned,
+      this[_type],
+      this[_status],
+      this[_statusText],
+      cloneHeaders(headers, guardFromHeaders(headers)),
+      inner === null ? null : cloneInnerBody(inner),
+    );
+    cloned[_url] = this[_url];
+    return cloned;
+  }
+
+  [SymbolFor("Deno.privateCustomInspect")](inspect, inspectOptions) {
+    return inspect(
+      createFilteredInspectProxy({
+        object: this,
+        evaluate: ObjectPrototypeIsPrototypeOf(ResponsePrototype, this),
+        keys: [
+          "body",
+          "bodyUsed",
+          "headers",
+          "ok",
+          "redirected",
+          "status",
+          "statusText",
+          "url",
+        ],
+      }),
+      inspectOptions,
+    );
+  }
 }
-function extractResponseParts(r) {
-  if (!(r instanceof Response)) throw new TypeError(`Handler did not return a Response: got ${r === null ? "null" : typeof r}`);
-  return { status: r.status, headers: headerListFromHeaders(r.headers), body: r.body };
+
+mixinBody(Response, _body, _headers);
+webidl.configureInterface(Response);
+const ResponsePrototype = Response.prototype;
+
+webidl.converters["Response"] = webidl.createInterfaceConverter(
+  "Response",
+  ResponsePrototype,
+);
+webidl.converters["ResponseInit"] = webidl.createDictionaryConverter(
+  "ResponseInit",
+  [
+    {
+      key: "status",
+      defaultValue: 200,
+      converter: webidl.converters["unsigned short"],
+    },
+    {
+      key: "statusText",
+      defaultValue: "",
+      converter: webidl.converters["ByteString"],
+    },
+    { key: "headers", converter: webidl.converters["HeadersInit"] },
+  ],
+);
+
+// ---------------------------------------------------------------------------
+// Engine API
+
+/**
+ * @param {unknown} value
+ * @returns {value is Response}
+ */
+function isResponse(value) {
+  return ObjectPrototypeIsPrototypeOf(ResponsePrototype, value) &&
+    value[webidl.brand] === webidl.brand;
 }
-export { extractResponseParts, Response };
+
+/** A short description of a non-Response value for error messages. */
+function describeValue(value) {
+  if (value === null) return "null";
+  const type = typeof value;
+  if (type !== "object") return type;
+  let name;
+  try {
+    name = value.constructor?.name;
+  } catch {
+    // ignore: a throwing getter tells us nothing useful
+  }
+  return typeof name === "string" && name !== "" ? name : "object";
+}
+
+/**
+ * Takes a handler's return value apart for the engine.
+ *
+ * `body` is null, a string (a string body nobody has read), a Uint8Array
+ * (bytes nobody has read), or a ReadableStream (anything else). Static
+ * bodies are marked consumed; a stream is returned untouched for the engine
+ * to read (which disturbs it).
+ *
+ * `status` is 0 for `Response.error()`: the engine should treat that as a
+ * network error.
+ *
+ * @param {unknown} value
+ * @returns {{ status: number, headers: string[], body: null | string | Uint8Array | ReadableStream }}
+ */
+function extractResponseParts(value) {
+  if (!isResponse(value)) {
+    throw new TypeError(
+      `Handler did not return a Response: got ${describeValue(value)}`,
+    );
+  }
+  const inner = value[_body];
+  let body = null;
+  if (inner !== null) {
+    if (isBodyUnusable(inner)) {
+      throw new TypeError(
+        "The Response's body has already been read or is locked, so it cannot be sent",
+      );
+    }
+    body = takeBodyForEngine(inner);
+  }
+  return {
+    status: value[_status],
+    headers: headerListFromHeaders(value[_headers]),
+    body,
+  };
+}
+
+export {
+  extractResponseParts,
+  isResponse,
+  Response,
+  ResponsePrototype,
+};

@@ -148,7 +148,7 @@ function respond(id, value) {
     // A body that is a Rust resource already (a request body passed
     // through) is handed over as is; any other stream is pumped by Rust.
     const backing = getReadableStreamResourceBacking(body);
-    const rid = backing !== undefined && !body.locked
+    const rid = backing != null && !body.locked
       ? backing.rid
       : resourceForReadableStream(body);
     op_respond_stream(id, status, headers, rid);

@@ -205,6 +205,8 @@ function onUnhandledRejection(promise, reason) {
 }
 
 function installGlobalScope() {
+  // Log lines go to the process log, never to a terminal: no colours.
+  web.consoleNs.setNoColorFns(() => true, () => true);
   ObjectDefineProperties(globalThis, globalScope);
   ObjectSetPrototypeOf(globalThis, ServiceWorkerGlobalScope.prototype);
   event.setEventTargetData(globalThis);

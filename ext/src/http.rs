@@ -280,7 +280,8 @@ impl RequestBodyResource {
           return Ok(BufView::from(leftover.split_to(n)));
         }
       }
-      let frame = std::future::poll_fn(|cx| Pin::new(&mut *self.body.borrow_mut()).poll_frame(cx)).await;
+      let frame =
+        std::future::poll_fn(|cx| Pin::new(&mut *self.body.borrow_mut()).poll_frame(cx)).await;
       match frame {
         None => return Ok(BufView::empty()),
         Some(Err(e)) => return Err(JsErrorBox::generic(format!("request body: {e}"))),

@@ -72,7 +72,12 @@ fn module_type(path: &Path, options: &ModuleLoadOptions) -> ModuleType {
 }
 
 impl ModuleLoader for ScriptLoader {
-  fn resolve(&self, specifier: &str, referrer: &str, _kind: ResolutionKind) -> ModuleResolveResponse {
+  fn resolve(
+    &self,
+    specifier: &str,
+    referrer: &str,
+    _kind: ResolutionKind,
+  ) -> ModuleResolveResponse {
     resolve_import(specifier, referrer).map_err(JsErrorBox::from_err)
   }
 

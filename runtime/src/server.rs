@@ -103,7 +103,10 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
   println!("Listening on http://{local}/");
   use std::io::Write;
   let _ = std::io::stdout().flush();
-  tracing::info!("listening on http://{local}/ with {} threads", threads.len());
+  tracing::info!(
+    "listening on http://{local}/ with {} threads",
+    threads.len()
+  );
 
   let signals = tokio::runtime::Builder::new_current_thread()
     .enable_all()
@@ -293,7 +296,10 @@ async fn handle(
     respond,
   };
   if ctx.worker.send(incoming).is_err() {
-    return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n"));
+    return Ok(plain(
+      StatusCode::SERVICE_UNAVAILABLE,
+      "Service Unavailable\n",
+    ));
   }
   let outcome = response.await;
   if too_large.load(Ordering::Relaxed) {

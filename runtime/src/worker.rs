@@ -50,19 +50,7 @@ impl Worker {
       .map(|n| n.to_string_lossy().into_owned())
       .unwrap_or_default();
     let loader = Rc::new(ScriptLoader::new(root));
-    let mut runtime = JsRuntime::try_new(RuntimeOptions {
-      module_loader: Some(loader.clone()),
-      startup_snapshot: Some(runtime_snapshots::RUNTIME_SNAPSHOT),
-      extensions: runtime_ext::extensions(),
-      ..Default::default()
-    })?;
-    {
-      let state = runtime.op_state();
-      let mut state = state.borrow_mut();
-      state.put(ScriptName(name.clone()));
-      state.put(PendingResponses::default());
-    }
-    let [dispatch, set_handler] = bootstrap(&mut runtime)?;
+    let (mut runtime, [dispatch, set_handler]) = new_isolate(loader.clone(), &name)?;
 
     let specifier = ModuleSpecifier::from_file_path(&script)
       .map_err(|_| anyhow!("invalid script path {}", script.display()))?;
@@ -112,7 +100,10 @@ impl Worker {
       respond,
     } = request;
     let state = self.runtime.op_state();
-    let id = state.borrow_mut().borrow_mut::<PendingResponses>().insert(respond);
+    let id = state
+      .borrow_mut()
+      .borrow_mut::<PendingResponses>()
+      .insert(respond);
     let body_rid = body.map(|body| {
       state
         .borrow_mut()
@@ -169,16 +160,26 @@ impl Worker {
           Poll::Pending => break,
         }
       }
-      match self.runtime.poll_event_loop(cx, PollEventLoopOptions::default()) {
+      match self
+        .runtime
+        .poll_event_loop(cx, PollEventLoopOptions::default())
+      {
         Poll::Pending => return Poll::Pending,
         Poll::Ready(Ok(())) => {
           // Idle: nothing pending can ever settle a handler still waiting.
           let state = self.runtime.op_state();
-          let failed = state.borrow_mut().borrow_mut::<PendingResponses>().fail_all(NEVER_RESPONDS);
+          let failed = state
+            .borrow_mut()
+            .borrow_mut::<PendingResponses>()
+            .fail_all(NEVER_RESPONDS);
           if failed > 0 {
             continue;
           }
-          return if closed { Poll::Ready(()) } else { Poll::Pending };
+          return if closed {
+            Poll::Ready(())
+          } else {
+            Poll::Pending
+          };
         }
         Poll::Ready(Err(error)) => {
           tracing::error!(script = %self.name, "uncaught error: {error}");
@@ -190,6 +191,29 @@ impl Worker {
     })
     .await
   }
+}
+
+/// A fresh isolate from the startup snapshot with the global scope ready for
+/// a script (engine internals scrubbed), plus the engine's entry points into
+/// it: `[dispatchFetch, setHandler]`.
+pub fn new_isolate(
+  loader: Rc<ScriptLoader>,
+  script_name: &str,
+) -> anyhow::Result<(JsRuntime, [v8::Global<v8::Function>; 2])> {
+  let mut runtime = JsRuntime::try_new(RuntimeOptions {
+    module_loader: Some(loader),
+    startup_snapshot: Some(runtime_snapshots::RUNTIME_SNAPSHOT),
+    extensions: runtime_ext::extensions(),
+    ..Default::default()
+  })?;
+  {
+    let state = runtime.op_state();
+    let mut state = state.borrow_mut();
+    state.put(ScriptName(script_name.to_string()));
+    state.put(PendingResponses::default());
+  }
+  let entry_points = bootstrap(&mut runtime)?;
+  Ok((runtime, entry_points))
 }
 
 /// Calls the snapshot's bootstrap, which scrubs engine internals from the

@@ -1,0 +1,2149 @@
+//! End-to-end tests of `runtime serve`: each test starts the real binary on a fixture script
+//! (`tests/fixtures/*.js` or `examples/*.js`, port 0) and talks to it over HTTP on 127.0.0.1.
+//!
+//! Run with `cargo test -p runtime --test serve`. Every test has its own time limit, so a
+//! broken engine makes tests fail rather than hang. When a test fails, the server's stderr is
+//! printed.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_runtime");
+const MIB: u64 = 1024 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------------
+
+fn repo_root() -> PathBuf {
+  Path::new(env!("CARGO_MANIFEST_DIR"))
+    .parent()
+    .unwrap()
+    .to_path_buf()
+}
+
+fn fixture(name: &str) -> PathBuf {
+  repo_root().join("tests/fixtures").join(name)
+}
+
+fn example(name: &str) -> PathBuf {
+  repo_root().join("examples").join(name)
+}
+
+/// `file:///abs/path/to/script.js`, the form stack traces must use.
+fn file_url(path: &Path) -> String {
+  format!("file://{}", path.canonicalize().unwrap().display())
+}
+
+/// Runs a test body with a time limit, so nothing hangs forever.
+async fn within<T>(secs: u64, f: impl Future<Output = T>) -> T {
+  match tokio::time::timeout(Duration::from_secs(secs), f).await {
+    Ok(v) => v,
+    Err(_) => panic!("test did not finish within {secs}s"),
+  }
+}
+
+/// Awaits `f`, panicking with `what` if it takes longer than `secs`.
+async fn deadline<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
+  match tokio::time::timeout(Duration::from_secs(secs), f).await {
+    Ok(v) => v,
+    Err(_) => panic!("timed out after {secs}s: {what}"),
+  }
+}
+
+type Buf = Arc<Mutex<Vec<u8>>>;
+
+fn text(buf: &Buf) -> String {
+  String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+}
+
+/// A running `runtime serve` process. Killed on drop; its stderr is printed if the test failed.
+struct Server {
+  child: Child,
+  port: u16,
+  stderr: Buf,
+  stdout_rest: Buf,
+  exit: Option<ExitStatus>,
+}
+
+/// What `launch` saw: either the server is listening, or it exited before printing the line.
+enum Launch {
+  Listening(Server),
+  Exited { status: ExitStatus, stderr: String },
+}
+
+fn pump(mut r: impl Read + Send + 'static, buf: Buf) -> JoinHandle<()> {
+  std::thread::spawn(move || {
+    let mut chunk = [0u8; 8192];
+    loop {
+      match r.read(&mut chunk) {
+        Ok(0) | Err(_) => break,
+        Ok(n) => buf.lock().unwrap().extend_from_slice(&chunk[..n]),
+      }
+    }
+  })
+}
+
+/// Starts `runtime serve <script> <args...>` (args default to `--port 0 --host 127.0.0.1`) and
+/// waits for the `Listening on http://127.0.0.1:PORT/` line on stdout, which must be exact.
+fn launch_with(script: &Path, cwd: Option<&Path>, args: &[&str]) -> Launch {
+  let mut cmd = Command::new(BIN);
+  cmd.arg("serve").arg(script).args(args);
+  cmd
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+  if let Some(cwd) = cwd {
+    cmd.current_dir(cwd);
+  }
+  let mut child = cmd.spawn().expect("failed to spawn the runtime binary");
+
+  let stderr: Buf = Arc::default();
+  let stderr_thread = pump(child.stderr.take().unwrap(), stderr.clone());
+
+  let stdout_rest: Buf = Arc::default();
+  let (line_tx, line_rx) = mpsc::channel::<Option<String>>();
+  let stdout = child.stdout.take().unwrap();
+  let rest = stdout_rest.clone();
+  let stdout_thread = std::thread::spawn(move || {
+    let mut reader = BufReader::new(stdout);
+    let mut first = String::new();
+    match reader.read_line(&mut first) {
+      Ok(n) if n > 0 => {
+        let _ = line_tx.send(Some(first));
+      }
+      _ => {
+        let _ = line_tx.send(None);
+        return;
+      }
+    }
+    let mut chunk = [0u8; 8192];
+    loop {
+      match reader.read(&mut chunk) {
+        Ok(0) | Err(_) => break,
+        Ok(n) => rest.lock().unwrap().extend_from_slice(&chunk[..n]),
+      }
+    }
+  });
+
+  match line_rx.recv_timeout(Duration::from_secs(60)) {
+    Ok(Some(line)) => {
+      let port = parse_listening_line(&line).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+          "first stdout line must be exactly `Listening on http://127.0.0.1:PORT/`, \
+                     got {line:?}\nstderr:\n{}",
+          text(&stderr)
+        )
+      });
+      Launch::Listening(Server {
+        child,
+        port,
+        stderr,
+        stdout_rest,
+        exit: None,
+      })
+    }
+    Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+      // stdout closed without a line: the process should be exiting.
+      let start = Instant::now();
+      let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+          break status;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+          let _ = child.kill();
+          let _ = child.wait();
+          panic!(
+            "stdout closed without a Listening line but the process did not exit; stderr:\n{}",
+            text(&stderr)
+          );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+      };
+      let _ = stderr_thread.join();
+      let _ = stdout_thread.join();
+      Launch::Exited {
+        status,
+        stderr: text(&stderr),
+      }
+    }
+    Err(mpsc::RecvTimeoutError::Timeout) => {
+      let _ = child.kill();
+      let _ = child.wait();
+      panic!("no Listening line within 60s; stderr:\n{}", text(&stderr));
+    }
+  }
+}
+
+fn parse_listening_line(line: &str) -> Option<u16> {
+  let line = line.strip_suffix('\n')?;
+  let port = line
+    .strip_prefix("Listening on http://127.0.0.1:")?
+    .strip_suffix('/')?;
+  if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+    return None;
+  }
+  port.parse().ok().filter(|p| *p != 0)
+}
+
+fn launch(script: &Path) -> Launch {
+  launch_with(script, None, &["--port", "0", "--host", "127.0.0.1"])
+}
+
+/// Starts a server that must come up.
+fn serve(script: &Path) -> Server {
+  must_listen(script, launch(script))
+}
+
+/// Starts a server with a single isolate (`--threads 1`), for tests whose requests share state
+/// in JS globals: with several server threads each has its own isolate, so two connections may
+/// see different globals.
+fn serve_one_isolate(script: &Path) -> Server {
+  let args = ["--port", "0", "--host", "127.0.0.1", "--threads", "1"];
+  must_listen(script, launch_with(script, None, &args))
+}
+
+fn must_listen(script: &Path, launch: Launch) -> Server {
+  match launch {
+    Launch::Listening(s) => s,
+    Launch::Exited { status, stderr, .. } => {
+      panic!(
+        "`serve {}` exited ({status}) instead of listening; stderr:\n{stderr}",
+        script.display()
+      )
+    }
+  }
+}
+
+/// Starts a server that must fail to come up; returns (exit status, stderr).
+fn serve_fails(script: &Path) -> (ExitStatus, String) {
+  match launch(script) {
+    Launch::Listening(s) => panic!(
+      "`serve {}` should have failed but is listening on {}",
+      script.display(),
+      s.port
+    ),
+    Launch::Exited { status, stderr, .. } => (status, stderr),
+  }
+}
+
+impl Server {
+  fn url(&self, path: &str) -> String {
+    format!("http://127.0.0.1:{}{}", self.port, path)
+  }
+
+  fn pid(&self) -> u32 {
+    self.child.id()
+  }
+
+  fn stderr(&self) -> String {
+    text(&self.stderr)
+  }
+
+  fn stdout_after_listening(&self) -> String {
+    text(&self.stdout_rest)
+  }
+
+  /// Waits until stderr contains `needle`; panics after `secs`.
+  async fn wait_for_stderr(&self, needle: &str, secs: u64) {
+    let start = Instant::now();
+    while !self.stderr().contains(needle) {
+      if start.elapsed() > Duration::from_secs(secs) {
+        panic!("stderr did not contain {needle:?} within {secs}s");
+      }
+      tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+  }
+
+  /// Waits until stderr has grown past `len` bytes; returns the new part.
+  async fn wait_for_stderr_growth(&self, len: usize, secs: u64, what: &str) -> String {
+    let start = Instant::now();
+    loop {
+      let all = self.stderr.lock().unwrap().clone();
+      if all.len() > len {
+        // Give the rest of the log record a moment to arrive.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let all = self.stderr.lock().unwrap().clone();
+        return String::from_utf8_lossy(&all[len..]).into_owned();
+      }
+      if start.elapsed() > Duration::from_secs(secs) {
+        panic!("nothing was logged to stderr within {secs}s after {what}");
+      }
+      tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+  }
+
+  fn stderr_len(&self) -> usize {
+    self.stderr.lock().unwrap().len()
+  }
+
+  /// Sends a signal (`TERM`, `INT`) with the `kill` command.
+  fn signal(&self, sig: &str) {
+    let status = Command::new("kill")
+      .arg(format!("-{sig}"))
+      .arg(self.pid().to_string())
+      .status()
+      .unwrap();
+    assert!(status.success(), "kill -{sig} failed");
+  }
+
+  /// Waits for the process to exit; `None` if it is still running after `secs`.
+  async fn wait_exit(&mut self, secs: u64) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+      if let Some(status) = self.child.try_wait().unwrap() {
+        self.exit = Some(status);
+        return Some(status);
+      }
+      if start.elapsed() > Duration::from_secs(secs) {
+        return None;
+      }
+      tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+  }
+
+  /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
+  fn proc_status_kib(&self, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+    let line = status
+      .lines()
+      .find(|l| l.starts_with(&format!("{field}:")))
+      .unwrap_or_else(|| panic!("no {field} in /proc/pid/status"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+  }
+}
+
+impl Drop for Server {
+  fn drop(&mut self) {
+    if self.exit.is_none() {
+      let _ = self.child.kill();
+      let _ = self.child.wait();
+    }
+    if std::thread::panicking() {
+      eprintln!(
+        "----- server stderr -----\n{}\n-------------------------",
+        self.stderr()
+      );
+      let out = self.stdout_after_listening();
+      if !out.is_empty() {
+        eprintln!(
+          "----- server stdout after the Listening line -----\n{out}\n-------------------------"
+        );
+      }
+    }
+  }
+}
+
+fn client() -> reqwest::Client {
+  reqwest::Client::builder()
+    .no_proxy()
+    .redirect(reqwest::redirect::Policy::none())
+    .timeout(Duration::from_secs(60))
+    .build()
+    .unwrap()
+}
+
+fn h2_client() -> reqwest::Client {
+  reqwest::Client::builder()
+    .no_proxy()
+    .http2_prior_knowledge()
+    .redirect(reqwest::redirect::Policy::none())
+    .timeout(Duration::from_secs(60))
+    .build()
+    .unwrap()
+}
+
+async fn get(c: &reqwest::Client, url: &str) -> reqwest::Response {
+  c.get(url)
+    .send()
+    .await
+    .unwrap_or_else(|e| panic!("GET {url} failed: {e}"))
+}
+
+async fn get_text(c: &reqwest::Client, url: &str) -> (u16, String) {
+  let r = get(c, url).await;
+  let status = r.status().as_u16();
+  (status, r.text().await.unwrap())
+}
+
+async fn get_json(c: &reqwest::Client, url: &str) -> (u16, Value) {
+  let (status, body) = get_text(c, url).await;
+  let v = serde_json::from_str(&body)
+    .unwrap_or_else(|e| panic!("GET {url}: body is not JSON ({e}): {body:?}"));
+  (status, v)
+}
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+  r.headers()
+    .get(name)
+    .map(|v| v.to_str().unwrap().to_string())
+}
+
+/// A request body fed through a channel, so the test decides when each chunk is sent.
+fn channel_body() -> (
+  futures::channel::mpsc::Sender<Result<Bytes, std::io::Error>>,
+  reqwest::Body,
+) {
+  let (tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+  (tx, reqwest::Body::wrap_stream(rx))
+}
+
+// ----- raw HTTP/1.1 over TCP ------------------------------------------------------------------
+
+struct RawResponse {
+  status: u16,
+  headers: Vec<(String, String)>,
+  body: Vec<u8>,
+}
+
+impl RawResponse {
+  fn header(&self, name: &str) -> Option<&str> {
+    self
+      .headers
+      .iter()
+      .find(|(k, _)| k.eq_ignore_ascii_case(name))
+      .map(|(_, v)| v.as_str())
+  }
+}
+
+struct RawConn {
+  s: TcpStream,
+  buf: Vec<u8>,
+}
+
+impl RawConn {
+  async fn connect(port: u16) -> RawConn {
+    let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    RawConn { s, buf: Vec::new() }
+  }
+
+  async fn send(&mut self, data: &[u8]) {
+    self.s.write_all(data).await.unwrap();
+  }
+
+  /// Reads more bytes into the buffer; 0 at EOF.
+  async fn fill(&mut self) -> usize {
+    let mut chunk = [0u8; 16384];
+    let n = self.s.read(&mut chunk).await.unwrap_or(0);
+    self.buf.extend_from_slice(&chunk[..n]);
+    n
+  }
+
+  /// Everything until the peer closes (or an error).
+  async fn read_to_end(&mut self) -> Vec<u8> {
+    while self.fill().await > 0 {}
+    std::mem::take(&mut self.buf)
+  }
+
+  async fn read_until(&mut self, pat: &[u8]) -> Vec<u8> {
+    loop {
+      if let Some(i) = find(&self.buf, pat) {
+        let out: Vec<u8> = self.buf.drain(..i + pat.len()).collect();
+        return out;
+      }
+      if self.fill().await == 0 {
+        panic!(
+          "connection closed while waiting for {:?}; have {:?}",
+          String::from_utf8_lossy(pat),
+          String::from_utf8_lossy(&self.buf)
+        );
+      }
+    }
+  }
+
+  async fn read_exact_n(&mut self, n: usize) -> Vec<u8> {
+    while self.buf.len() < n {
+      if self.fill().await == 0 {
+        panic!(
+          "connection closed with {} of {n} body bytes",
+          self.buf.len()
+        );
+      }
+    }
+    self.buf.drain(..n).collect()
+  }
+
+  /// Reads one response; `head_request` means it has no body whatever its headers say.
+  async fn read_response(&mut self, head_request: bool) -> RawResponse {
+    let head = self.read_until(b"\r\n\r\n").await;
+    let head = String::from_utf8(head).unwrap();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    assert!(
+      status_line.starts_with("HTTP/1.1 "),
+      "bad status line {status_line:?}"
+    );
+    let status: u16 = status_line[9..12].parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+      .filter(|l| !l.is_empty())
+      .map(|l| {
+        let (k, v) = l.split_once(':').unwrap();
+        (k.trim().to_ascii_lowercase(), v.trim().to_string())
+      })
+      .collect();
+    let mut resp = RawResponse {
+      status,
+      headers,
+      body: Vec::new(),
+    };
+    if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+      return resp;
+    }
+    if resp
+      .header("transfer-encoding")
+      .map(|v| v.eq_ignore_ascii_case("chunked"))
+      .unwrap_or(false)
+    {
+      loop {
+        let size_line = self.read_until(b"\r\n").await;
+        let size_str = String::from_utf8(size_line).unwrap();
+        let size = usize::from_str_radix(size_str.trim().split(';').next().unwrap(), 16).unwrap();
+        if size == 0 {
+          // No trailers expected.
+          let end = self.read_until(b"\r\n").await;
+          assert_eq!(end, b"\r\n", "unexpected trailers");
+          break;
+        }
+        let data = self.read_exact_n(size).await;
+        resp.body.extend_from_slice(&data);
+        assert_eq!(self.read_exact_n(2).await, b"\r\n");
+      }
+    } else if let Some(len) = resp.header("content-length") {
+      let len: usize = len.parse().unwrap();
+      resp.body = self.read_exact_n(len).await;
+    } else {
+      resp.body = self.read_to_end().await;
+    }
+    resp
+  }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+  hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Sends raw bytes on a fresh connection and returns the status of the first response, reading
+/// at most `secs` seconds. `None` if the server closed without answering.
+async fn raw_status(port: u16, request: &[u8], secs: u64) -> Option<u16> {
+  let mut c = RawConn::connect(port).await;
+  // The server may answer and close before it has read everything: ignore write errors.
+  let _ = c.s.write_all(request).await;
+  let got = tokio::time::timeout(Duration::from_secs(secs), async {
+    while find(&c.buf, b"\r\n").is_none() {
+      if c.fill().await == 0 {
+        break;
+      }
+    }
+  })
+  .await;
+  assert!(
+    got.is_ok(),
+    "no response within {secs}s (have {:?})",
+    String::from_utf8_lossy(&c.buf)
+  );
+  let line = String::from_utf8_lossy(&c.buf).into_owned();
+  if line.is_empty() {
+    return None;
+  }
+  assert!(
+    line.starts_with("HTTP/1."),
+    "not an HTTP response: {line:?}"
+  );
+  Some(line[9..12].parse().unwrap())
+}
+
+async fn assert_still_serving(srv: &Server, path: &str, expected_body: &str) {
+  let (status, body) = deadline(10, "follow-up request", get_text(&client(), &srv.url(path))).await;
+  assert_eq!(
+    (status, body.as_str()),
+    (200, expected_body),
+    "the server must keep serving after the previous request"
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// CLI
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn cli_help_lists_serve() {
+  let out = Command::new(BIN).arg("--help").output().unwrap();
+  assert!(out.status.success(), "--help exited with {}", out.status);
+  let stdout = String::from_utf8_lossy(&out.stdout);
+  assert!(
+    stdout.contains("serve"),
+    "--help should list the serve command: {stdout}"
+  );
+}
+
+#[test]
+fn cli_version_prints_crate_version() {
+  let out = Command::new(BIN).arg("--version").output().unwrap();
+  assert!(out.status.success(), "--version exited with {}", out.status);
+  let stdout = String::from_utf8_lossy(&out.stdout);
+  assert!(
+    stdout.contains(env!("CARGO_PKG_VERSION")),
+    "--version output: {stdout:?}"
+  );
+}
+
+#[test]
+fn cli_serve_help_mentions_port_and_host() {
+  let out = Command::new(BIN)
+    .args(["serve", "--help"])
+    .output()
+    .unwrap();
+  assert!(
+    out.status.success(),
+    "serve --help exited with {}",
+    out.status
+  );
+  let stdout = String::from_utf8_lossy(&out.stdout);
+  assert!(
+    stdout.contains("--port") && stdout.contains("--host"),
+    "serve --help: {stdout}"
+  );
+}
+
+#[test]
+fn cli_serve_without_script_fails() {
+  let out = Command::new(BIN).arg("serve").output().unwrap();
+  assert!(!out.status.success(), "`serve` with no script should fail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_port_is_8080() {
+  // Only meaningful when 8080 is free; a busy port is reported rather than silently passed.
+  let probe = std::net::TcpListener::bind("127.0.0.1:8080");
+  assert!(
+    probe.is_ok(),
+    "port 8080 is busy on this machine; cannot test the default port"
+  );
+  drop(probe);
+  within(60, async {
+    let srv = match launch_with(&example("hello.js"), None, &[]) {
+      Launch::Listening(s) => s,
+      Launch::Exited { status, stderr, .. } => panic!("exited {status}: {stderr}"),
+    };
+    assert_eq!(srv.port, 8080);
+    let (status, body) = get_text(&client(), "http://127.0.0.1:8080/").await;
+    assert_eq!((status, body.as_str()), (200, "Hello, world!"));
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Examples and both handler syntaxes
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_hello_service_worker_syntax_relative_path() {
+  within(60, async {
+    // Relative script path, resolved against the working directory.
+    let srv = match launch_with(
+      Path::new("examples/hello.js"),
+      Some(&repo_root()),
+      &["--port", "0"],
+    ) {
+      Launch::Listening(s) => s,
+      Launch::Exited { status, stderr, .. } => panic!("exited {status}: {stderr}"),
+    };
+    let c = client();
+    for path in ["/", "/some/other/path?x=1"] {
+      let r = get(&c, &srv.url(path)).await;
+      assert_eq!(r.status(), 200);
+      assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("text/plain; charset=utf-8")
+      );
+      assert_eq!(r.text().await.unwrap(), "Hello, world!");
+    }
+    let r = c.post(srv.url("/")).body("ignored").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "Hello, world!");
+    assert_eq!(
+      srv.stdout_after_listening(),
+      "",
+      "nothing but the Listening line may go to stdout"
+    );
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_module_syntax_env_and_wait_until() {
+  within(60, async {
+    let srv = serve_one_isolate(&example("module.js"));
+    let c = client();
+    let (status, v) = get_json(&c, &srv.url("/first")).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["message"], "Hello from a module worker!");
+    assert_eq!(v["path"], "/first");
+    assert_eq!(v["requestCount"], 1);
+    assert!(v["envKeys"].is_array(), "env must be an object: {v}");
+    assert_eq!(v["id"].as_str().unwrap().len(), 36);
+    // The waitUntil work records the path after the response; a later request sees it.
+    srv.wait_for_stderr("recorded GET /first", 10).await;
+    let (_, v) = get_json(&c, &srv.url("/second")).await;
+    assert_eq!(v["requestCount"], 2);
+    assert!(
+      v["recentPaths"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("/first")),
+      "{v}"
+    );
+    // The log line is tagged with the script name.
+    let log = srv.stderr();
+    let line = log
+      .lines()
+      .find(|l| l.contains("recorded GET /first"))
+      .unwrap();
+    assert!(
+      line.contains("module.js"),
+      "log line should name the script: {line:?}"
+    );
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_streaming_sends_chunks_over_time() {
+  within(60, async {
+    let srv = serve(&example("streaming.js"));
+    let r = get(&client(), &srv.url("/?count=3&interval=400")).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+      r.headers().get("content-length").is_none(),
+      "a streamed body has no Content-Length"
+    );
+    let mut stream = r.bytes_stream();
+    let first = deadline(10, "first chunk", stream.next())
+      .await
+      .unwrap()
+      .unwrap();
+    let first = String::from_utf8_lossy(&first).into_owned();
+    assert!(first.starts_with("chunk 1 of 3"), "{first:?}");
+    assert!(
+      !first.contains("chunk 3"),
+      "the first read already had the whole body, so it was not streamed: {first:?}"
+    );
+    let mut all = first;
+    while let Some(chunk) = stream.next().await {
+      all.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines.len(), 3, "{all:?}");
+    for (i, line) in lines.iter().enumerate() {
+      assert!(
+        line.starts_with(&format!("chunk {} of 3 at ", i + 1)),
+        "{line:?}"
+      );
+    }
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_json_api_routes() {
+  within(60, async {
+    let srv = serve_one_isolate(&example("json-api.js"));
+    let c = client();
+
+    let r = get(&c, &srv.url("/")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+      header(&r, "content-type").as_deref(),
+      Some("application/json; charset=utf-8")
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["name"], "json-api example");
+
+    let (status, v) = get_json(&c, &srv.url("/items")).await;
+    assert_eq!(status, 200);
+    let items = v["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 2);
+    let first_id = items[0]["id"].as_str().unwrap().to_string();
+    let (status, v) = get_json(&c, &srv.url(&format!("/items/{first_id}"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["name"], "apple");
+
+    let r = c
+      .post(srv.url("/items"))
+      .json(&json!({"name": "pear"}))
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(r.status(), 201);
+    let location = header(&r, "location").unwrap();
+    let created: Value = r.json().await.unwrap();
+    assert_eq!(created["name"], "pear");
+    assert_eq!(
+      location,
+      format!("/items/{}", created["id"].as_str().unwrap())
+    );
+    let (status, v) = get_json(&c, &srv.url(&location)).await;
+    assert_eq!((status, v["name"].clone()), (200, json!("pear")));
+    let (_, v) = get_json(&c, &srv.url("/items")).await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 3);
+
+    let r = c
+      .post(srv.url("/items"))
+      .body("{not json")
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+      .post(srv.url("/items"))
+      .json(&json!({}))
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(r.status(), 422);
+    let (status, v) = get_json(&c, &srv.url("/items/does-not-exist")).await;
+    assert_eq!((status, v["error"].clone()), (404, json!("item not found")));
+    let (status, v) = get_json(&c, &srv.url("/nope")).await;
+    assert_eq!((status, v["path"].clone()), (404, json!("/nope")));
+    let r = c.delete(srv.url("/items")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real-world bundles
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hono_app() {
+  within(60, async {
+    let srv = serve(&fixture("hono-app.js"));
+    let c = client();
+
+    let r = get(&c, &srv.url("/")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+      header(&r, "x-powered-by").as_deref(),
+      Some("hono-fixture"),
+      "middleware header"
+    );
+    assert!(header(&r, "content-type")
+      .unwrap()
+      .starts_with("text/plain"));
+    assert_eq!(r.text().await.unwrap(), "Hello from Hono!");
+
+    let r = c
+      .get(srv.url("/users/42?q=search"))
+      .header("user-agent", "serve-test")
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-powered-by").as_deref(), Some("hono-fixture"));
+    assert!(header(&r, "content-type")
+      .unwrap()
+      .starts_with("application/json"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v, json!({"id": "42", "q": "search", "ua": "serve-test"}));
+
+    let (status, v) = get_json(&c, &srv.url("/posts/3/comments/4")).await;
+    assert_eq!((status, v), (200, json!({"postId": 3, "commentId": 4})));
+
+    let r = c
+      .post(srv.url("/echo"))
+      .json(&json!({"hello": ["world", 1]}))
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+      v,
+      json!({"received": {"hello": ["world", 1]}, "method": "POST"})
+    );
+
+    let (status, body) = get_text(&c, &srv.url("/status/418")).await;
+    assert_eq!((status, body.as_str()), (418, "custom status"));
+
+    let (status, v) = get_json(&c, &srv.url("/throw")).await;
+    assert_eq!((status, v), (500, json!({"error": "hono route exploded"})));
+
+    let r = get(&c, &srv.url("/no/such/route")).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(header(&r, "x-powered-by").as_deref(), Some("hono-fixture"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v, json!({"error": "not found", "path": "/no/such/route"}));
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn itty_router_app() {
+  within(60, async {
+    let srv = serve(&fixture("itty-app.js"));
+    let c = client();
+
+    let r = get(&c, &srv.url("/")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-router").as_deref(), Some("itty"));
+    assert_eq!(r.text().await.unwrap(), "\"Hello from itty-router!\"");
+
+    let (status, v) = get_json(&c, &srv.url("/items")).await;
+    assert_eq!(
+      (status, v),
+      (
+        200,
+        json!([{"id": "1", "name": "apple"}, {"id": "2", "name": "banana"}])
+      )
+    );
+    let (status, v) = get_json(&c, &srv.url("/items/2")).await;
+    assert_eq!((status, v), (200, json!({"id": "2", "name": "banana"})));
+    let (status, v) = get_json(&c, &srv.url("/items/9")).await;
+    assert_eq!(
+      (status, v),
+      (404, json!({"status": 404, "error": "item 9 not found"}))
+    );
+    let (status, v) = get_json(&c, &srv.url("/greet/bob?loud=1")).await;
+    assert_eq!(
+      (status, v),
+      (200, json!({"greeting": "Hello, bob!", "loud": true}))
+    );
+
+    let r = c
+      .post(srv.url("/items"))
+      .json(&json!({"name": "cherry"}))
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+      r.json::<Value>().await.unwrap(),
+      json!({"id": "3", "name": "cherry"})
+    );
+    let r = c
+      .post(srv.url("/items"))
+      .json(&json!({}))
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+      r.json::<Value>().await.unwrap(),
+      json!({"status": 400, "error": "name required"})
+    );
+
+    let r = get(&c, &srv.url("/nope")).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(header(&r, "x-router").as_deref(), Some("itty"));
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Script load failures
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn syntax_error_exits_with_location() {
+  let script = fixture("syntax-error.js");
+  let (status, stderr) = serve_fails(&script);
+  assert!(!status.success(), "exit status must be non-zero");
+  let loc = format!("{}:3:9", file_url(&script));
+  assert!(
+    stderr.contains(&loc),
+    "stderr must contain {loc:?}; stderr:\n{stderr}"
+  );
+  assert!(
+    stderr.contains("SyntaxError"),
+    "stderr should name the error; stderr:\n{stderr}"
+  );
+}
+
+#[test]
+fn top_level_throw_exits_with_location() {
+  let script = fixture("throw-top-level.js");
+  let (status, stderr) = serve_fails(&script);
+  assert!(!status.success(), "exit status must be non-zero");
+  assert!(
+    stderr.contains("top-level boom"),
+    "stderr must contain the message; stderr:\n{stderr}"
+  );
+  let loc = format!("{}:3:24", file_url(&script));
+  assert!(
+    stderr.contains(&loc),
+    "stderr must contain {loc:?}; stderr:\n{stderr}"
+  );
+}
+
+#[test]
+fn missing_import_exits_naming_the_module() {
+  let (status, stderr) = serve_fails(&fixture("import-missing.js"));
+  assert!(!status.success());
+  assert!(stderr.contains("does-not-exist.js"), "stderr:\n{stderr}");
+}
+
+#[test]
+fn missing_script_exits_naming_the_file() {
+  let (status, stderr) = serve_fails(Path::new("/nonexistent-dir/no-such-script.js"));
+  assert!(!status.success());
+  assert!(stderr.contains("no-such-script.js"), "stderr:\n{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handler failures
+// ---------------------------------------------------------------------------------------------
+
+/// GET `path` must give a 500 and log `message` with a stack naming `script:line:col`.
+async fn assert_500_with_stack(
+  srv: &Server,
+  script: &Path,
+  path: &str,
+  message: &str,
+  line: u32,
+  col: u32,
+) {
+  let before = srv.stderr_len();
+  let (status, _) = deadline(10, path, get_text(&client(), &srv.url(path))).await;
+  assert_eq!(status, 500, "GET {path}");
+  srv.wait_for_stderr(message, 10).await;
+  let loc = format!("{}:{line}:{col}", file_url(script));
+  let start = Instant::now();
+  while !srv.stderr()[before..].contains(&loc) {
+    assert!(
+      start.elapsed() < Duration::from_secs(5),
+      "the logged error for {path} must carry a stack with {loc:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+  }
+}
+
+/// GET `path` must give a 500 and log something.
+async fn assert_500_logged(srv: &Server, path: &str) {
+  let before = srv.stderr_len();
+  let (status, _) = deadline(10, path, get_text(&client(), &srv.url(path))).await;
+  assert_eq!(status, 500, "GET {path}");
+  srv
+    .wait_for_stderr_growth(before, 10, &format!("GET {path}"))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_throw_gives_500_with_stack_then_recovers() {
+  within(60, async {
+    let script = fixture("handler-errors.js");
+    let srv = serve(&script);
+    assert_still_serving(&srv, "/ok", "ok").await;
+    assert_500_with_stack(&srv, &script, "/throw", "sync-handler-boom", 4, 9).await;
+    assert_still_serving(&srv, "/ok", "ok").await;
+    assert_500_with_stack(&srv, &script, "/throw", "sync-handler-boom", 4, 9).await;
+    assert_still_serving(&srv, "/ok", "ok").await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_reject_gives_500_with_stack_then_recovers() {
+  within(60, async {
+    let script = fixture("handler-errors.js");
+    let srv = serve(&script);
+    assert_500_with_stack(&srv, &script, "/reject", "async-handler-boom", 9, 9).await;
+    assert_still_serving(&srv, "/ok", "ok").await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_non_response_gives_500_then_recovers() {
+  within(60, async {
+    let srv = serve(&fixture("handler-errors.js"));
+    for path in [
+      "/non-response",
+      "/non-response-async",
+      "/undefined",
+      "/throw-string",
+    ] {
+      assert_500_logged(&srv, path).await;
+      assert_still_serving(&srv, "/ok", "ok").await;
+    }
+    assert!(
+      srv.stderr().contains("a thrown string"),
+      "a thrown non-Error value should be logged"
+    );
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_never_responding_gives_500_without_blocking_others() {
+  within(120, async {
+    let srv = serve(&fixture("handler-errors.js"));
+    let c = client();
+    let before = srv.stderr_len();
+    let url = srv.url("/never");
+    let never = tokio::spawn(async move { c.get(url).send().await.map(|r| r.status().as_u16()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A hung request must not stop others from being served.
+    assert_still_serving(&srv, "/ok", "ok").await;
+    let status = deadline(
+      90,
+      "a handler whose promise never settles should get a 500",
+      never,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+      status.expect("request failed instead of getting a 500"),
+      500
+    );
+    srv
+      .wait_for_stderr_growth(before, 10, "the never-responding request")
+      .await;
+    assert_still_serving(&srv, "/ok", "ok").await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_worker_errors_give_500_then_recover() {
+  within(60, async {
+    let script = fixture("sw-errors.js");
+    let srv = serve(&script);
+    assert_still_serving(&srv, "/ok", "sw ok").await;
+    assert_500_with_stack(&srv, &script, "/throw", "sw-listener-boom", 6, 36).await;
+    assert_still_serving(&srv, "/ok", "sw ok").await;
+    assert_500_with_stack(&srv, &script, "/reject", "sw-respondwith-rejected", 7, 71).await;
+    assert_still_serving(&srv, "/ok", "sw ok").await;
+    assert_500_logged(&srv, "/non-response").await;
+    assert_still_serving(&srv, "/ok", "sw ok").await;
+    assert_500_logged(&srv, "/no-respond").await;
+    assert_still_serving(&srv, "/ok", "sw ok").await;
+    // respondWith(promise) resolving later.
+    assert_still_serving(&srv, "/async", "sw async ok").await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_worker_event_wait_until() {
+  within(60, async {
+    let srv = serve_one_isolate(&fixture("sw-errors.js"));
+    let c = client();
+    let (status, body) = get_text(&c, &srv.url("/wait-until")).await;
+    assert_eq!(
+      (status, body.as_str()),
+      (200, "done=0"),
+      "the response must not wait for waitUntil work"
+    );
+    srv.wait_for_stderr("sw-wait-until-done", 10).await;
+    let (_, body) = get_text(&c, &srv.url("/wait-until")).await;
+    assert_eq!(body, "done=1");
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logging, waitUntil, modules
+// ---------------------------------------------------------------------------------------------
+
+fn log_line_with(log: &str, needle: &str) -> String {
+  log
+    .lines()
+    .find(|l| l.contains(needle))
+    .unwrap_or_else(|| panic!("no stderr line contains {needle:?}"))
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_levels_go_to_stderr_tagged_with_script() {
+  within(60, async {
+    let srv = serve(&fixture("console.js"));
+    // Output of module evaluation (before listening) is kept too.
+    srv.wait_for_stderr("top-level-log-marker", 10).await;
+    let (status, body) = get_text(&client(), &srv.url("/?id=q1")).await;
+    assert_eq!((status, body.as_str()), (200, "logged"));
+    for level in ["log", "info", "warn", "error"] {
+      srv
+        .wait_for_stderr(&format!("console-{level}-marker-q1"), 10)
+        .await;
+    }
+    let log = srv.stderr();
+    for level in ["log", "info", "warn", "error"] {
+      let line = log_line_with(&log, &format!("console-{level}-marker-q1"));
+      assert!(
+        line.contains("console.js"),
+        "console.{level} output must be tagged with the script name: {line:?}"
+      );
+    }
+    let warn = log_line_with(&log, "console-warn-marker-q1");
+    assert!(
+      warn.contains("WARN"),
+      "console.warn should log at WARN level: {warn:?}"
+    );
+    let error = log_line_with(&log, "console-error-marker-q1");
+    assert!(
+      error.contains("ERROR"),
+      "console.error should log at ERROR level: {error:?}"
+    );
+    assert_eq!(
+      srv.stdout_after_listening(),
+      "",
+      "console output must not go to stdout"
+    );
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_debug_is_visible_by_default() {
+  within(60, async {
+    let srv = serve(&fixture("console.js"));
+    let (status, _) = get_text(&client(), &srv.url("/?id=d1")).await;
+    assert_eq!(status, 200);
+    srv.wait_for_stderr("console-error-marker-d1", 10).await;
+    srv.wait_for_stderr("console-debug-marker-d1", 2).await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_formats_values() {
+  within(60, async {
+    let srv = serve(&fixture("console.js"));
+    let (status, _) = get_text(&client(), &srv.url("/?id=f1")).await;
+    assert_eq!(status, 200);
+    srv.wait_for_stderr("format-check", 10).await;
+    let line = log_line_with(&srv.stderr(), "format-check");
+    let double = r#"format-check 42 true null { a: 1, b: "two" } [ 1, 2 ]"#;
+    let single = r#"format-check 42 true null { a: 1, b: 'two' } [ 1, 2 ]"#;
+    assert!(
+      line.contains(double) || line.contains(single),
+      "console.log should format values like Deno/Node: {line:?}"
+    );
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_until_runs_after_the_response() {
+  within(60, async {
+    let srv = serve_one_isolate(&fixture("wait-until.js"));
+    let c = client();
+    let (status, v) = get_json(&c, &srv.url("/start")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+      v,
+      json!({"started": 1, "finished": 0}),
+      "the response must not wait for waitUntil work"
+    );
+    let (_, v) = get_json(&c, &srv.url("/state")).await;
+    assert_eq!(
+      v["finished"], 0,
+      "the waitUntil work sleeps 500 ms; it cannot have finished yet"
+    );
+    srv.wait_for_stderr("wait-until-finished-1", 10).await;
+    let (_, v) = get_json(&c, &srv.url("/state")).await;
+    assert_eq!(v, json!({"started": 1, "finished": 1}));
+    let line = log_line_with(&srv.stderr(), "wait-until-finished-1");
+    assert!(line.contains("wait-until.js"), "{line:?}");
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_imports_and_top_level_await() {
+  within(60, async {
+    let srv = serve(&fixture("relative-import.js"));
+    let (status, v) = get_json(&client(), &srv.url("/?name=bob")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+      v,
+      json!({"message": "HELLO, bob!", "version": "V1.2.3", "loadedWithTla": true})
+    );
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming
+// ---------------------------------------------------------------------------------------------
+
+/// The first chunk must reach the client before the client tells the server (with another
+/// request) to produce the second: ordering, not timing, proves the response is streamed.
+async fn check_streaming_order(c: &reqwest::Client, srv: &Server, id: &str) {
+  let r = deadline(
+    10,
+    "response headers of a streamed response (before its body is complete)",
+    c.get(srv.url(&format!("/stream?id={id}"))).send(),
+  )
+  .await
+  .unwrap();
+  assert_eq!(r.status(), 200);
+  let mut stream = r.bytes_stream();
+  let first = format!("first-chunk-{id}\n");
+  let mut got = Vec::new();
+  while got.len() < first.len() {
+    let chunk = deadline(
+      10,
+      "first chunk (the server must send it before being released)",
+      stream.next(),
+    )
+    .await;
+    got.extend_from_slice(&chunk.expect("body ended early").unwrap());
+  }
+  assert_eq!(String::from_utf8_lossy(&got), first);
+  let (status, body) = get_text(c, &srv.url(&format!("/release?id={id}"))).await;
+  assert_eq!((status, body), (200, format!("released {id}")));
+  while let Some(chunk) = deadline(10, "rest of the stream", stream.next()).await {
+    got.extend_from_slice(&chunk.unwrap());
+  }
+  assert_eq!(
+    String::from_utf8_lossy(&got),
+    format!("first-chunk-{id}\nsecond-chunk-{id}\nreleased=true\n")
+  );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_response_http1_ordering() {
+  within(60, async {
+    let srv = serve_one_isolate(&fixture("stream-gate.js"));
+    check_streaming_order(&client(), &srv, "h1").await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_response_http2_ordering() {
+  within(60, async {
+    let srv = serve_one_isolate(&fixture("stream-gate.js"));
+    let c = h2_client();
+    check_streaming_order(&c, &srv, "h2").await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_body_is_streamed_to_the_handler() {
+  within(60, async {
+    let srv = serve_one_isolate(&fixture("echo-stream.js"));
+    let c = client();
+    let (mut tx, body) = channel_body();
+    let upload = tokio::spawn(c.post(srv.url("/upload")).body(body).send());
+    tx.send(Ok(Bytes::from_static(b"part-one|"))).await.unwrap();
+    // The handler must see the first part while the client still holds back the second.
+    let r = deadline(
+      20,
+      "handler seeing the first part of the body",
+      c.get(srv.url("/peek?min=9")).send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(header(&r, "x-upload-done").as_deref(), Some("false"));
+    assert_eq!(
+      r.text().await.unwrap(),
+      "part-one|",
+      "the handler must get the first chunk before the body is complete"
+    );
+    tx.send(Ok(Bytes::from_static(b"part-two"))).await.unwrap();
+    drop(tx);
+    let r = deadline(20, "upload response", upload)
+      .await
+      .unwrap()
+      .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["total"], 17);
+    assert_eq!(v["text"], "part-one|part-two");
+    assert!(v["chunks"].as_u64().unwrap() >= 2, "{v}");
+  })
+  .await;
+}
+
+/// POST /echo returns `new Response(request.body)`: the first chunk must come back before the
+/// client sends the second.
+async fn check_full_duplex_echo(c: &reqwest::Client, srv: &Server) {
+  let (mut tx, body) = channel_body();
+  tx.send(Ok(Bytes::from_static(b"ping-1\n"))).await.unwrap();
+  let r = deadline(
+    10,
+    "echo response headers",
+    c.post(srv.url("/echo"))
+      .header("content-type", "text/x-echo")
+      .body(body)
+      .send(),
+  )
+  .await
+  .unwrap();
+  assert_eq!(r.status(), 200);
+  assert_eq!(header(&r, "content-type").as_deref(), Some("text/x-echo"));
+  let mut stream = r.bytes_stream();
+  let mut got = Vec::new();
+  while got.len() < 7 {
+    let chunk = deadline(10, "echo of the first chunk", stream.next()).await;
+    got.extend_from_slice(&chunk.expect("echo ended early").unwrap());
+  }
+  assert_eq!(got, b"ping-1\n");
+  tx.send(Ok(Bytes::from_static(b"ping-2\n"))).await.unwrap();
+  while got.len() < 14 {
+    let chunk = deadline(10, "echo of the second chunk", stream.next()).await;
+    got.extend_from_slice(&chunk.expect("echo ended early").unwrap());
+  }
+  assert_eq!(got, b"ping-1\nping-2\n");
+  drop(tx);
+  while let Some(chunk) = deadline(10, "end of echo", stream.next()).await {
+    got.extend_from_slice(&chunk.unwrap());
+  }
+  assert_eq!(got, b"ping-1\nping-2\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_duplex_echo_http2() {
+  within(60, async {
+    let srv = serve(&fixture("echo-stream.js"));
+    check_full_duplex_echo(&h2_client(), &srv).await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_duplex_echo_http1() {
+  within(60, async {
+    let srv = serve(&fixture("echo-stream.js"));
+    check_full_duplex_echo(&client(), &srv).await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_of_10_mib_is_accepted() {
+  within(120, async {
+    let srv = serve(&fixture("echo-stream.js"));
+    let body = vec![b'x'; 10 * MIB as usize];
+    let r = client()
+      .post(srv.url("/count"))
+      .body(body)
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+      r.json::<Value>().await.unwrap(),
+      json!({"length": 10 * MIB})
+    );
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gib_streamed_response_with_bounded_memory() {
+  within(600, async {
+    let srv = serve(&fixture("big.js"));
+    let c = client();
+    assert_still_serving(&srv, "/", "big fixture").await;
+    let rss_before = srv.proc_status_kib("VmRSS");
+    let r = c.get(srv.url("/big?mib=1024")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let mut total: u64 = 0;
+    let start = Instant::now();
+    let first = deadline(30, "first chunk of 1 GiB", stream.next())
+      .await
+      .unwrap()
+      .unwrap();
+    assert!(first.iter().all(|b| *b == b'a'));
+    total += first.len() as u64;
+    // Stop reading for a while: an engine without backpressure would buffer the body now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_paused = srv.proc_status_kib("VmRSS");
+    while let Some(chunk) = deadline(60, "next chunk of 1 GiB", stream.next()).await {
+      total += chunk.unwrap().len() as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(total, 1024 * MIB, "byte count of the 1 GiB body");
+    let peak = srv.proc_status_kib("VmHWM");
+    eprintln!(
+      "1 GiB in {secs:.1}s ({:.0} MiB/s); RSS before {} MiB, \
+             while paused {} MiB, peak {} MiB",
+      1024.0 / secs,
+      rss_before / 1024,
+      rss_paused / 1024,
+      peak / 1024
+    );
+    let growth_mib = peak.saturating_sub(rss_before) / 1024;
+    assert!(
+      growth_mib < 200,
+      "server RSS grew by {growth_mib} MiB (peak {peak} KiB, before {rss_before} KiB) \
+             while streaming 1 GiB"
+    );
+    assert_still_serving(&srv, "/", "big fixture").await;
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP protocol behaviour
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge() {
+  within(60, async {
+    let srv = serve(&example("hello.js"));
+    let c = h2_client();
+    let r = get(&c, &srv.url("/")).await;
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "Hello, world!");
+    let r = c.post(srv.url("/")).body("x").send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.text().await.unwrap(), "Hello, world!");
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_multiplexed_requests_are_concurrent() {
+  within(60, async {
+    let srv = serve_one_isolate(&fixture("timers.js"));
+    let c = h2_client();
+    // 10 requests on one HTTP/2 connection that can only complete together.
+    let futs = (0..10).map(|_| {
+      let c = c.clone();
+      let url = srv.url("/barrier?n=10");
+      async move {
+        let r = c.get(url).send().await.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        r.json::<Value>().await.unwrap()
+      }
+    });
+    let results = deadline(
+      40,
+      "10 multiplexed barrier requests",
+      futures::future::join_all(futs),
+    )
+    .await;
+    for v in results {
+      assert_eq!(v["passed"], true, "{v}");
+    }
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_response_has_no_body() {
+  within(60, async {
+    let srv = serve(&fixture("web-apis.js"));
+    let r = client().head(srv.url("/head")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let method = header(&r, "x-method");
+    assert_eq!(
+      method.as_deref(),
+      Some("HEAD"),
+      "the handler must see method HEAD"
+    );
+    assert_eq!(r.bytes().await.unwrap().len(), 0);
+
+    // On the wire: a HEAD response followed by a GET response on the same connection. Any
+    // body bytes sent for HEAD would corrupt the second response.
+    let mut conn = RawConn::connect(srv.port).await;
+    conn.send(b"HEAD /head HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    conn
+      .send(b"GET /head HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+      .await;
+    let head = deadline(10, "HEAD response", conn.read_response(true)).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("x-method"), Some("HEAD"));
+    let get = deadline(10, "GET response after HEAD", conn.read_response(false)).await;
+    assert_eq!(get.status, 200);
+    assert_eq!(get.header("x-method"), Some("GET"));
+    assert_eq!(get.body, b"hello head body");
+    let rest = deadline(10, "connection close", conn.read_to_end()).await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+      rest.is_empty(),
+      "unexpected bytes after the responses: {rest:?}"
+    );
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_and_pipelining_on_one_connection() {
+  within(60, async {
+    let srv = serve(&example("hello.js"));
+    let mut conn = RawConn::connect(srv.port).await;
+    for i in 0..5 {
+      conn
+        .send(format!("GET /seq{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await;
+      let r = deadline(10, "keep-alive response", conn.read_response(false)).await;
+      assert_eq!(r.status, 200);
+      assert_eq!(r.body, b"Hello, world!");
+      assert_ne!(r.header("connection"), Some("close"));
+    }
+    // Pipelined: three requests in one write.
+    let mut pipelined = Vec::new();
+    for p in ["/p1", "/p2", "/p3"] {
+      pipelined.extend_from_slice(format!("GET {p} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    }
+    conn.send(&pipelined).await;
+    for _ in 0..3 {
+      let r = deadline(10, "pipelined response", conn.read_response(false)).await;
+      assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, b"Hello, world!".as_slice())
+      );
+    }
+    // A reqwest client reuses its connection too.
+    let c = client();
+    for _ in 0..10 {
+      let (status, body) = get_text(&c, &srv.url("/")).await;
+      assert_eq!((status, body.as_str()), (200, "Hello, world!"));
+    }
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_requests_awaiting_timers() {
+  within(60, async {
+    let srv = serve_one_isolate(&fixture("timers.js"));
+    let c = client();
+    // Warm up (connection setup, JIT) so the measurement is of the handler.
+    let _ = get_text(&c, &srv.url("/sleep?ms=1")).await;
+    let start = Instant::now();
+    let url = srv.url("/sleep?ms=100");
+    let futs = (0..50).map(|_| get_json(&c, &url));
+    let results = futures::future::join_all(futs).await;
+    let elapsed = start.elapsed();
+    for (status, v) in &results {
+      assert_eq!(*status, 200);
+      assert!(v["slept"].as_u64().unwrap() >= 99, "{v}");
+    }
+    // Serially this would take >= 5 s.
+    assert!(
+      elapsed < Duration::from_secs(3),
+      "50 concurrent 100 ms requests took {elapsed:?}"
+    );
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_requests_meet_at_a_barrier() {
+  within(60, async {
+    let srv = serve_one_isolate(&fixture("timers.js"));
+    let c = client();
+    // Each request completes only once all 50 are inside the isolate at the same time.
+    let url = srv.url("/barrier?n=50");
+    let futs = (0..50).map(|_| get_json(&c, &url));
+    let results = deadline(40, "50 barrier requests", futures::future::join_all(futs)).await;
+    let mut seen: Vec<u64> = results
+      .iter()
+      .map(|(status, v)| {
+        assert_eq!(*status, 200);
+        assert_eq!(v["passed"], true, "{v}");
+        v["me"].as_u64().unwrap()
+      })
+      .collect();
+    seen.sort();
+    assert_eq!(seen, (1..=50).collect::<Vec<u64>>());
+  })
+  .await;
+}
+
+const OVER_LIMIT: u64 = 101 * MIB;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_100_mib_content_length_gets_413_early() {
+  within(60, async {
+    let srv = serve(&fixture("echo-stream.js"));
+    let (mut tx, body) = channel_body();
+    tx.send(Ok(Bytes::from(vec![b'x'; 64 * 1024])))
+      .await
+      .unwrap();
+    // The sender stays open: the server must answer from the Content-Length alone.
+    let r = deadline(
+      15,
+      "413 for a declared 101 MiB body before the body is sent",
+      client()
+        .post(srv.url("/count"))
+        .header("content-length", OVER_LIMIT.to_string())
+        .body(body)
+        .send(),
+    )
+    .await
+    .expect("request failed instead of getting a 413");
+    assert_eq!(r.status(), 413);
+    drop(tx);
+    assert_still_serving(&srv, "/peek?min=0", "").await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_100_mib_content_length_gets_413_raw() {
+  within(60, async {
+    let srv = serve(&fixture("echo-stream.js"));
+    let mut req =
+      format!("POST /count HTTP/1.1\r\nHost: t\r\nContent-Length: {OVER_LIMIT}\r\n\r\n")
+        .into_bytes();
+    req.extend_from_slice(&[b'x'; 1024]);
+    assert_eq!(raw_status(srv.port, &req, 15).await, Some(413));
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_body_over_100_mib_is_refused() {
+  within(180, async {
+    let srv = serve(&fixture("echo-stream.js"));
+    let (mut tx, body) = channel_body();
+    let c = client();
+    let url = srv.url("/count");
+    let req = tokio::spawn(async move { c.post(url).body(body).send().await });
+    let chunk = Bytes::from(vec![b'x'; MIB as usize]);
+    for _ in 0..101 {
+      if tx.send(Ok(chunk.clone())).await.is_err() {
+        break; // the server stopped reading: fine
+      }
+    }
+    drop(tx);
+    // A transport error (the server cut the connection) counts as refused too.
+    if let Ok(r) = deadline(60, "response to a 101 MiB chunked body", req)
+      .await
+      .unwrap()
+    {
+      let status = r.status().as_u16();
+      let body = r.text().await.unwrap_or_default();
+      assert!(
+        status == 413 || status == 500,
+        "a 101 MiB chunked body must be refused (413, or 500 from the handler's \
+                 failed read), got {status}: {body}"
+      );
+    }
+    assert_still_serving(&srv, "/peek?min=0", "").await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_over_64_kib_get_431() {
+  within(60, async {
+    let srv = serve(&example("hello.js"));
+    let big = "a".repeat(70 * 1024);
+    let req = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n");
+    assert_eq!(raw_status(srv.port, req.as_bytes(), 15).await, Some(431));
+    // Many medium headers adding up to more than 64 KiB.
+    let mut req = String::from("GET / HTTP/1.1\r\nHost: t\r\n");
+    for i in 0..40 {
+      req.push_str(&format!("X-H{i}: {}\r\n", "b".repeat(2000)));
+    }
+    req.push_str("\r\n");
+    assert_eq!(raw_status(srv.port, req.as_bytes(), 15).await, Some(431));
+    // Just under the limit is fine.
+    let r = client()
+      .get(srv.url("/"))
+      .header("x-big", "c".repeat(60 * 1024))
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_still_serving(&srv, "/", "Hello, world!").await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_400() {
+  within(60, async {
+    let srv = serve(&example("hello.js"));
+    assert_eq!(
+      raw_status(
+        srv.port,
+        b"GET / HTTP/1.1\r\nHost: t\r\nthis is not a header\r\n\r\n",
+        10
+      )
+      .await,
+      Some(400)
+    );
+    assert_eq!(
+      raw_status(srv.port, b"G(T / HTTP/1.1\r\nHost: t\r\n\r\n", 10).await,
+      Some(400)
+    );
+    assert_eq!(
+      raw_status(
+        srv.port,
+        b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: nope\r\n\r\n",
+        10
+      )
+      .await,
+      Some(400)
+    );
+    assert_still_serving(&srv, "/", "Hello, world!").await;
+  })
+  .await;
+}
+
+/// Waits until the server closes `conn` (EOF or reset), trickling one header byte every 500 ms
+/// if `trickle`. Returns how long it took.
+async fn wait_closed_by_server(mut conn: TcpStream, trickle: bool) -> Duration {
+  let start = Instant::now();
+  let mut buf = [0u8; 1024];
+  loop {
+    if trickle && conn.write_all(b"a").await.is_err() {
+      return start.elapsed();
+    }
+    match tokio::time::timeout(Duration::from_millis(500), conn.read(&mut buf)).await {
+      Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
+      Ok(Ok(_)) => {} // e.g. a 408 response; wait for the close
+      Err(_) => {}
+    }
+  }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_clients_are_dropped_while_others_are_served() {
+  within(120, async {
+    let srv = serve(&example("hello.js"));
+    let mut idle = TcpStream::connect(("127.0.0.1", srv.port)).await.unwrap();
+    idle
+      .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n")
+      .await
+      .unwrap();
+    let mut trickler = TcpStream::connect(("127.0.0.1", srv.port)).await.unwrap();
+    trickler
+      .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+      .await
+      .unwrap();
+    let idle_task = tokio::spawn(wait_closed_by_server(idle, false));
+    let trickle_task = tokio::spawn(wait_closed_by_server(trickler, true));
+    // Others are served meanwhile.
+    let c = client();
+    for _ in 0..5 {
+      let (status, body) = deadline(
+        5,
+        "request while slow clients are connected",
+        get_text(&c, &srv.url("/")),
+      )
+      .await;
+      assert_eq!((status, body.as_str()), (200, "Hello, world!"));
+      tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let idle_after = deadline(
+      60,
+      "server dropping a client that never finishes its headers",
+      idle_task,
+    )
+    .await
+    .unwrap();
+    let trickle_after = deadline(
+      60,
+      "server dropping a client that trickles its headers",
+      trickle_task,
+    )
+    .await
+    .unwrap();
+    eprintln!("idle client dropped after {idle_after:?}, trickling client after {trickle_after:?}");
+    assert_still_serving(&srv, "/", "Hello, world!").await;
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_request_then_exits_0() {
+  within(60, async {
+    let mut srv = serve(&fixture("timers.js"));
+    let c = client();
+    let url = srv.url("/slow?ms=2000");
+    let slow = tokio::spawn(async move {
+      let r = c.get(url).send().await?;
+      let status = r.status().as_u16();
+      r.text().await.map(|t| (status, t))
+    });
+    srv.wait_for_stderr("slow-request-started", 10).await;
+    srv.signal("TERM");
+    let (status, body) = deadline(15, "in-flight request during graceful shutdown", slow)
+      .await
+      .unwrap()
+      .expect("the in-flight request must complete, not be cut off");
+    assert_eq!((status, body.as_str()), (200, "slow done"));
+    let exit = srv
+      .wait_exit(15)
+      .await
+      .expect("server did not exit within 15s of SIGTERM");
+    assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_new_connections() {
+  within(60, async {
+    let mut srv = serve(&fixture("timers.js"));
+    let c = client();
+    let url = srv.url("/slow?ms=3000");
+    let slow = tokio::spawn(async move { c.get(url).send().await.map(|r| r.status().as_u16()) });
+    srv.wait_for_stderr("slow-request-started", 10).await;
+    srv.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // While draining, new requests are not served.
+    let fresh = reqwest::Client::builder()
+      .no_proxy()
+      .timeout(Duration::from_secs(2))
+      .build()
+      .unwrap();
+    let res = fresh.get(srv.url("/sleep?ms=1")).send().await;
+    assert!(
+      res.is_err(),
+      "a new connection after SIGTERM should be refused, got {:?}",
+      res.map(|r| r.status())
+    );
+    assert_eq!(
+      deadline(15, "in-flight request", slow)
+        .await
+        .unwrap()
+        .unwrap(),
+      200
+    );
+    let exit = srv.wait_exit(15).await.expect("server did not exit");
+    assert_eq!(exit.code(), Some(0));
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_when_idle_exits_0() {
+  within(60, async {
+    let mut srv = serve(&example("hello.js"));
+    assert_still_serving(&srv, "/", "Hello, world!").await;
+    srv.signal("INT");
+    let exit = srv
+      .wait_exit(10)
+      .await
+      .expect("server did not exit within 10s of SIGINT");
+    assert_eq!(exit.code(), Some(0), "exit status after SIGINT: {exit}");
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Web API behaviour over HTTP
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_api_checks_inside_the_isolate() {
+  within(60, async {
+    let srv = serve(&fixture("web-apis.js"));
+    let (status, v) = get_json(&client(), &srv.url("/checks")).await;
+    assert_eq!(status, 200);
+    let failures: Vec<String> = v
+      .as_object()
+      .unwrap()
+      .iter()
+      .filter(|(_, r)| **r != Value::Bool(true))
+      .map(|(name, r)| format!("{name}: {}", r.as_str().unwrap_or("?")))
+      .collect();
+    assert!(
+      failures.is_empty(),
+      "failing in-isolate checks:\n{}",
+      failures.join("\n\n")
+    );
+    assert_eq!(v.as_object().unwrap().len(), 12, "all checks must report");
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_body_types_over_http() {
+  within(60, async {
+    let srv = serve(&fixture("web-apis.js"));
+    let c = client();
+    let bytes = |path: &'static str| {
+      let c = c.clone();
+      let url = srv.url(path);
+      async move {
+        let r = c.get(url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.bytes().await.unwrap().to_vec()
+      }
+    };
+    assert_eq!(bytes("/body/arraybuffer").await, vec![1, 2, 3, 255]);
+    assert_eq!(
+      bytes("/body/typed").await,
+      vec![1, 2, 3],
+      "a typed-array view must send only its own range"
+    );
+    assert_eq!(bytes("/body/dataview").await, vec![8, 7]);
+
+    let r = get(&c, &srv.url("/body/blob")).await;
+    assert_eq!(header(&r, "content-type").as_deref(), Some("text/x-blob"));
+    assert_eq!(r.text().await.unwrap(), "blob content");
+
+    let r = get(&c, &srv.url("/body/params")).await;
+    assert_eq!(
+      header(&r, "content-type").as_deref(),
+      Some("application/x-www-form-urlencoded;charset=UTF-8")
+    );
+    assert_eq!(r.text().await.unwrap(), "a=1&b=x+y");
+
+    let r = get(&c, &srv.url("/body/null")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-null").as_deref(), Some("yes"));
+    assert_eq!(r.bytes().await.unwrap().len(), 0);
+
+    let r = get(&c, &srv.url("/body/string")).await;
+    assert_eq!(
+      header(&r, "content-type").as_deref(),
+      Some("text/plain;charset=UTF-8")
+    );
+    assert_eq!(r.text().await.unwrap(), "héllo");
+
+    let r = get(&c, &srv.url("/body/json")).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+      header(&r, "content-type").as_deref(),
+      Some("application/json")
+    );
+    assert_eq!(header(&r, "x-json").as_deref(), Some("1"));
+    assert_eq!(
+      r.json::<Value>().await.unwrap(),
+      json!({"ok": true, "n": 1})
+    );
+
+    let r = get(&c, &srv.url("/body/redirect")).await;
+    assert_eq!(r.status(), 307);
+    assert_eq!(
+      header(&r, "location").as_deref(),
+      Some("https://example.com/target")
+    );
+    let r = get(&c, &srv.url("/body/redirect-default")).await;
+    assert_eq!(r.status(), 302);
+    assert_eq!(
+      header(&r, "location").as_deref(),
+      Some("https://example.com/default")
+    );
+
+    let r = get(&c, &srv.url("/body/clone")).await;
+    assert_eq!(header(&r, "x-cloned").as_deref(), Some("1"));
+    assert_eq!(r.text().await.unwrap(), "cloned body");
+
+    for code in [201u16, 204, 304, 404, 418, 503] {
+      let r = get(&c, &srv.url(&format!("/status?code={code}"))).await;
+      assert_eq!(r.status().as_u16(), code);
+      let body = r.text().await.unwrap();
+      if code == 204 || code == 304 {
+        assert_eq!(body, "");
+      } else {
+        assert_eq!(body, format!("status {code}"));
+      }
+    }
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_cookie_and_multi_value_headers() {
+  within(60, async {
+    let srv = serve(&fixture("web-apis.js"));
+    let r = get(&client(), &srv.url("/set-cookie")).await;
+    let cookies: Vec<&str> = r
+      .headers()
+      .get_all("set-cookie")
+      .iter()
+      .map(|v| v.to_str().unwrap())
+      .collect();
+    assert_eq!(
+      cookies,
+      vec!["a=1; Path=/", "b=2; HttpOnly"],
+      "each cookie must be its own Set-Cookie header"
+    );
+    let multi: Vec<&str> = r
+      .headers()
+      .get_all("x-multi")
+      .iter()
+      .map(|v| v.to_str().unwrap())
+      .collect();
+    assert_eq!(multi.join(", "), "one, two");
+    assert_eq!(header(&r, "content-type").as_deref(), Some("text/plain"));
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_properties_seen_by_the_handler() {
+  within(60, async {
+    let srv = serve(&fixture("web-apis.js"));
+    let c = client();
+    let r = c
+      .get(srv.url("/request-info?x=1&y=%20z"))
+      .header("x-custom", "hello")
+      .header("x-multi", "a")
+      .header("x-multi", "b")
+      .send()
+      .await
+      .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["method"], "GET");
+    assert_eq!(
+      v["url"],
+      format!("http://127.0.0.1:{}/request-info?x=1&y=%20z", srv.port)
+    );
+    assert_eq!(v["host"], format!("127.0.0.1:{}", srv.port));
+    assert_eq!(v["custom"], "hello");
+    assert_eq!(v["multi"], "a, b");
+    assert_eq!(v["bodyIsNull"], true, "a GET request has a null body");
+
+    for method in ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+      let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+      let r = c
+        .request(m, srv.url("/request-info"))
+        .body("b")
+        .send()
+        .await
+        .unwrap();
+      let v: Value = r.json().await.unwrap();
+      assert_eq!(v["method"], method);
+      assert_eq!(v["bodyIsNull"], false, "{method} with a body");
+    }
+
+    let r = c
+      .post(srv.url("/request-clone"))
+      .body("clone me")
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(
+      r.json::<Value>().await.unwrap(),
+      json!({"a": "clone me", "b": "clone me", "usedAfterRead": true, "copyUsed": true})
+    );
+
+    let r = c
+      .post(srv.url("/body-used"))
+      .json(&json!({"k": 1}))
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(
+      r.json::<Value>().await.unwrap(),
+      json!({"before": false, "after": true, "secondRead": "TypeError", "data": {"k": 1}})
+    );
+  })
+  .await;
+}
