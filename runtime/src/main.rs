@@ -42,7 +42,8 @@ fn main() -> ExitCode {
     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
     .with_env_filter(
       tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        // A script's console.debug is shown by default, as Deno and workerd do.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,console=debug")),
     )
     .init();
   let cli = Cli::parse();

@@ -898,9 +898,13 @@ async fn itty_router_app() {
     let c = client();
 
     let r = get(&c, &srv.url("/")).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(header(&r, "x-router").as_deref(), Some("itty"));
-    assert_eq!(r.text().await.unwrap(), "\"Hello from itty-router!\"");
+    let router_header = header(&r, "x-router");
+    let (status, body) = (r.status().as_u16(), r.text().await.unwrap());
+    assert_eq!(
+      (status, body.as_str()),
+      (200, "\"Hello from itty-router!\"")
+    );
+    assert_eq!(router_header.as_deref(), Some("itty"));
 
     let (status, v) = get_json(&c, &srv.url("/items")).await;
     assert_eq!(
@@ -1965,7 +1969,7 @@ async fn web_api_checks_inside_the_isolate() {
       "failing in-isolate checks:\n{}",
       failures.join("\n\n")
     );
-    assert_eq!(v.as_object().unwrap().len(), 12, "all checks must report");
+    assert_eq!(v.as_object().unwrap().len(), 13, "all checks must report");
   })
   .await;
 }
@@ -2109,6 +2113,10 @@ async fn request_properties_seen_by_the_handler() {
     assert_eq!(v["custom"], "hello");
     assert_eq!(v["multi"], "a, b");
     assert_eq!(v["bodyIsNull"], true, "a GET request has a null body");
+    assert_eq!(
+      v["signalIsAbortSignal"], true,
+      "request.signal is an AbortSignal"
+    );
 
     for method in ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
       let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();

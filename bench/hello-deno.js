@@ -1,0 +1,2 @@
+// Benchmark handler for `deno serve` (same as hello.js).
+export default { fetch() { return new Response("Hello, world!") } }
