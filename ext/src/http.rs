@@ -31,6 +31,9 @@ pub enum HandlerOutcome {
   /// The handler threw, rejected, or produced something other than a
   /// Response; the string is the JavaScript error with its stack.
   Error(String),
+  /// The worker was stopped by a limit (CPU, memory) or could not start;
+  /// the string says which.
+  Unavailable(String),
 }
 
 /// Response slots of the requests in flight in one isolate.
@@ -57,10 +60,10 @@ impl PendingResponses {
 
   /// Fails every request still waiting: used when nothing left in the
   /// isolate can ever produce their responses.
-  pub fn fail_all(&mut self, reason: &str) -> usize {
+  pub fn fail_all(&mut self, outcome: impl Fn() -> HandlerOutcome) -> usize {
     let n = self.slots.len();
     for (_, slot) in self.slots.drain() {
-      let _ = slot.send(HandlerOutcome::Error(reason.to_string()));
+      let _ = slot.send(outcome());
     }
     n
   }

@@ -1,6 +1,12 @@
-//! The engine: isolates created from the startup snapshot, the loader for
-//! user scripts, and the HTTP server that feeds them.
+//! The engine: workers (isolates created from the startup snapshot running
+//! one script each), their per-thread pool and limits, routing, and the HTTP
+//! server that feeds them.
 
+pub mod config;
+pub mod limits;
 pub mod loader;
+pub mod pool;
+pub mod routes;
 pub mod server;
 pub mod worker;
+pub mod wpt;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use runtime::config::{EngineConfig, Isolation, WorkerLimits};
 use runtime::server::{serve, Limits, ServeOptions};
 
 /// A V8-isolate JavaScript runtime for Workers-style scripts.
@@ -16,56 +17,110 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-  /// Serve a script over HTTP: every request goes to its fetch handler.
-  Serve {
-    /// The script: an ES module with `export default { fetch }` or a
-    /// service worker calling `addEventListener("fetch", ...)`.
-    script: PathBuf,
-    /// Port to listen on (0 picks a free one).
-    #[arg(long, default_value_t = 8080)]
-    port: u16,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: IpAddr,
-    /// Server threads, each with its own isolate (default: one per core).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Seconds a client may take to send its request head.
-    #[arg(long, default_value_t = 10)]
-    header_timeout: u64,
-  },
+  /// Serve a script (or the workers of a config file) over HTTP: every
+  /// request goes to a script's fetch handler.
+  Serve(ServeArgs),
+  /// Run web-platform-tests against the global scope scripts get (see wpt/README.md).
+  Wpt(runtime::wpt::WptArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+  /// The script: an ES module with `export default { fetch }` or a service
+  /// worker calling `addEventListener("fetch", ...)`. The one-worker
+  /// shorthand of a config file.
+  #[arg(required_unless_present = "config", conflicts_with = "config")]
+  script: Option<PathBuf>,
+  /// Serve the workers of this config file (runtime.toml) instead.
+  #[arg(long)]
+  config: Option<PathBuf>,
+  /// Port to listen on (0 picks a free one) [default: 8080].
+  #[arg(long)]
+  port: Option<u16>,
+  /// Address to listen on [default: 127.0.0.1].
+  #[arg(long)]
+  host: Option<IpAddr>,
+  /// Server threads, each with its own isolates (default: one per core).
+  #[arg(long)]
+  threads: Option<usize>,
+  /// Seconds a client may take to send its request head.
+  #[arg(long, default_value_t = 10)]
+  header_timeout: u64,
+  /// CPU time a request may use without yielding, in ms (shorthand only).
+  #[arg(long, default_value_t = WorkerLimits::default().cpu_ms)]
+  cpu_limit: u64,
+  /// Heap memory of the script's isolate, in MiB (shorthand only).
+  #[arg(long, default_value_t = WorkerLimits::default().memory_mb)]
+  memory_limit: u64,
+  /// `request`: a fresh isolate for every request (shorthand only).
+  #[arg(long, value_enum, default_value = "isolate")]
+  isolation: IsolationArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IsolationArg {
+  Isolate,
+  Request,
+}
+
+fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
+  let config = match (&args.config, &args.script) {
+    (Some(path), _) => EngineConfig::load(path, |key| std::env::var(key).ok())?,
+    (None, Some(script)) => EngineConfig::single(
+      script,
+      match args.isolation {
+        IsolationArg::Isolate => Isolation::Isolate,
+        IsolationArg::Request => Isolation::Request,
+      },
+      WorkerLimits {
+        cpu_ms: args.cpu_limit.max(1),
+        memory_mb: args.memory_limit.max(1),
+        ..WorkerLimits::default()
+      },
+    )?,
+    (None, None) => anyhow::bail!("a script or --config is required"),
+  };
+  let listen = config
+    .listen
+    .unwrap_or(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 8080));
+  let addr = SocketAddr::new(
+    args.host.unwrap_or(listen.ip()),
+    args.port.unwrap_or(listen.port()),
+  );
+  serve(ServeOptions {
+    config,
+    addr,
+    threads: args
+      .threads
+      .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+      .unwrap_or(1)
+      .max(1),
+    limits: Limits {
+      header_read_timeout: Duration::from_secs(args.header_timeout),
+      ..Limits::default()
+    },
+  })
 }
 
 fn main() -> ExitCode {
+  let cli = Cli::parse();
+  // A script's console.debug is shown by default, as Deno and workerd do;
+  // the WPT runner shows none of it.
+  let default_filter = match cli.command {
+    Command::Wpt(_) => runtime::wpt::LOG_FILTER,
+    _ => "info,console=debug",
+  };
   tracing_subscriber::fmt()
     .with_writer(std::io::stderr)
     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
     .with_env_filter(
       tracing_subscriber::EnvFilter::try_from_default_env()
-        // A script's console.debug is shown by default, as Deno and workerd do.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,console=debug")),
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
     )
     .init();
-  let cli = Cli::parse();
   let result = match cli.command {
-    Command::Serve {
-      script,
-      port,
-      host,
-      threads,
-      header_timeout,
-    } => serve(ServeOptions {
-      script,
-      addr: SocketAddr::new(host, port),
-      threads: threads
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-        .unwrap_or(1)
-        .max(1),
-      limits: Limits {
-        header_read_timeout: Duration::from_secs(header_timeout),
-        ..Limits::default()
-      },
-    }),
+    Command::Wpt(args) => return runtime::wpt::main(args),
+    Command::Serve(args) => serve_command(args),
   };
   match result {
     Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,9 +21,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use runtime_ext::http::{BoxError, HandlerOutcome, ResponseBody};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
-use crate::worker::{IncomingRequest, Worker};
+use crate::config::{EngineConfig, WorkerConfig};
+use crate::pool::IsolatePool;
+use crate::routes::{RoutePattern, Router};
+use crate::worker::{IncomingRequest, Worker, WorkerContext};
 
 /// Protective limits applied to every request.
 #[derive(Clone, Debug)]
@@ -49,15 +51,32 @@ impl Default for Limits {
 }
 
 pub struct ServeOptions {
-  pub script: PathBuf,
+  pub config: EngineConfig,
   pub addr: SocketAddr,
   pub threads: usize,
   pub limits: Limits,
 }
 
-/// Serves `script` until SIGINT or SIGTERM, then finishes the requests in
-/// flight and returns.
+/// Checks every worker before serving: its script loads, evaluates and has a
+/// fetch handler. Nothing half-starts.
+fn validate_workers(workers: &[WorkerConfig]) -> anyhow::Result<()> {
+  let rt = tokio::runtime::Builder::new_current_thread()
+    .enable_all()
+    .build()?;
+  let local = tokio::task::LocalSet::new();
+  local.block_on(&rt, async {
+    let ctx = WorkerContext::for_current_thread();
+    for worker in workers {
+      drop(Worker::load(worker, &ctx).await?);
+    }
+    Ok(())
+  })
+}
+
+/// Serves the configured workers until SIGINT or SIGTERM, then finishes the
+/// requests in flight and returns.
 pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
+  validate_workers(&options.config.workers)?;
   let first = bind_reuseport(options.addr)?;
   let local = first.local_addr()?;
   let mut listeners = vec![first];
@@ -65,12 +84,31 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
     listeners.push(bind_reuseport(local)?);
   }
 
+  let shared = Arc::new(SharedConfig {
+    router: Router::new(
+      &options
+        .config
+        .workers
+        .iter()
+        .map(|w| {
+          if w.routes.is_empty() && options.config.workers.len() == 1 {
+            vec![RoutePattern::parse("*/*").expect("catch-all pattern")]
+          } else {
+            w.routes.clone()
+          }
+        })
+        .collect::<Vec<_>>(),
+    ),
+    workers: options.config.workers.clone(),
+    max_live_per_thread: options.config.max_isolates.div_ceil(options.threads),
+    limits: options.limits,
+  });
+
   let (shutdown_tx, shutdown_rx) = watch::channel(false);
   let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
   let mut threads = Vec::new();
   for (i, listener) in listeners.into_iter().enumerate() {
-    let script = options.script.clone();
-    let limits = options.limits.clone();
+    let shared = shared.clone();
     let ready = ready_tx.clone();
     let shutdown = shutdown_rx.clone();
     let thread = std::thread::Builder::new()
@@ -81,7 +119,7 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
           .build()
           .expect("tokio runtime");
         let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, serve_thread(listener, script, limits, ready, shutdown));
+        local.block_on(&rt, serve_thread(listener, shared, ready, shutdown));
       })?;
     threads.push(thread);
   }
@@ -104,8 +142,9 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
   use std::io::Write;
   let _ = std::io::stdout().flush();
   tracing::info!(
-    "listening on http://{local}/ with {} threads",
-    threads.len()
+    "listening on http://{local}/ with {} threads, {} workers",
+    threads.len(),
+    options.config.workers.len()
   );
 
   let signals = tokio::runtime::Builder::new_current_thread()
@@ -119,6 +158,14 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
   }
   tracing::info!("stopped");
   Ok(())
+}
+
+/// What every server thread shares, read-only.
+struct SharedConfig {
+  router: Router,
+  workers: Vec<WorkerConfig>,
+  max_live_per_thread: usize,
+  limits: Limits,
 }
 
 async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
@@ -156,26 +203,17 @@ impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
 }
 
 struct ThreadContext {
-  worker: mpsc::UnboundedSender<IncomingRequest>,
-  script: String,
-  limits: Limits,
+  pool: IsolatePool,
+  shared: Arc<SharedConfig>,
   local_addr: SocketAddr,
 }
 
 async fn serve_thread(
   listener: std::net::TcpListener,
-  script: PathBuf,
-  limits: Limits,
+  shared: Arc<SharedConfig>,
   ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
   mut shutdown: watch::Receiver<bool>,
 ) {
-  let worker = match Worker::load(&script).await {
-    Ok(worker) => worker,
-    Err(error) => {
-      let _ = ready.send(Err(error));
-      return;
-    }
-  };
   let listener = match tokio::net::TcpListener::from_std(listener) {
     Ok(l) => l,
     Err(error) => {
@@ -184,15 +222,20 @@ async fn serve_thread(
     }
   };
   let local_addr = listener.local_addr().expect("bound socket");
-  let (worker_tx, worker_rx) = mpsc::unbounded_channel();
-  let script_name = worker.name().to_string();
-  let worker_task = tokio::task::spawn_local(worker.run(worker_rx));
+  let pool = IsolatePool::new(
+    shared.workers.clone().into(),
+    WorkerContext::for_current_thread(),
+    shared.max_live_per_thread,
+  );
+  if shared.workers.len() == 1 {
+    pool.prewarm(0);
+  }
   let _ = ready.send(Ok(()));
+  let limits = shared.limits.clone();
 
   let ctx = Rc::new(ThreadContext {
-    worker: worker_tx,
-    script: script_name,
-    limits: limits.clone(),
+    pool,
+    shared,
     local_addr,
   });
   let mut builder = auto::Builder::new(LocalExec);
@@ -201,6 +244,9 @@ async fn serve_thread(
     .timer(TokioTimer::new())
     .header_read_timeout(limits.header_read_timeout)
     .max_buf_size(limits.max_header_bytes.max(8192))
+    // One flat buffer per response: a single small write is cheaper for the
+    // kernel than a two-part writev.
+    .writev(false)
     .keep_alive(true);
   builder
     .http2()
@@ -239,8 +285,14 @@ async fn serve_thread(
   {
     tracing::warn!("shutdown: connections still open after the grace period were dropped");
   }
-  drop(ctx);
-  let _ = tokio::time::timeout(limits.shutdown_grace, worker_task).await;
+  // Workers finish their waitUntil work once their channels are closed.
+  ctx.pool.close_all();
+  let _ = tokio::time::timeout(limits.shutdown_grace, async {
+    while ctx.pool.running() > 0 {
+      tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+  })
+  .await;
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
@@ -263,17 +315,24 @@ async fn handle(
     .get(header::CONTENT_LENGTH)
     .and_then(|v| v.to_str().ok())
     .and_then(|v| v.parse::<u64>().ok());
-  if declared_length.is_some_and(|n| n > ctx.limits.max_body_bytes) {
+  if declared_length.is_some_and(|n| n > ctx.shared.limits.max_body_bytes) {
     tracing::warn!(
-      script = %ctx.script,
       "413: request body of {} bytes is over the {} byte limit",
       declared_length.unwrap_or_default(),
-      ctx.limits.max_body_bytes
+      ctx.shared.limits.max_body_bytes
     );
     return Ok(plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"));
   }
 
-  let url = absolute_url(&parts, ctx.local_addr);
+  let host = request_host(&parts, ctx.local_addr);
+  let Some(worker) = ctx.shared.router.route(&host, parts.uri.path()) else {
+    return Ok(plain(StatusCode::NOT_FOUND, "No worker is routed here.\n"));
+  };
+  let worker_name = &ctx.pool.worker(worker).name;
+  let url = format!(
+    "http://{host}{}",
+    parts.uri.path_and_query().map_or("/", |p| p.as_str())
+  );
   let too_large = Arc::new(AtomicBool::new(false));
   let body = if body.is_end_stream() {
     None
@@ -281,7 +340,7 @@ async fn handle(
     Some(
       LimitedBody {
         inner: body,
-        remaining: ctx.limits.max_body_bytes,
+        remaining: ctx.shared.limits.max_body_bytes,
         exceeded: too_large.clone(),
       }
       .boxed_unsync(),
@@ -295,43 +354,40 @@ async fn handle(
     body,
     respond,
   };
-  if ctx.worker.send(incoming).is_err() {
-    return Ok(plain(
-      StatusCode::SERVICE_UNAVAILABLE,
-      "Service Unavailable\n",
-    ));
-  }
+  ctx.pool.dispatch(worker, incoming);
   let outcome = response.await;
   if too_large.load(Ordering::Relaxed) {
     tracing::warn!(
-      script = %ctx.script,
+      worker = %worker_name,
       "413: request body is over the {} byte limit",
-      ctx.limits.max_body_bytes
+      ctx.shared.limits.max_body_bytes
     );
     return Ok(plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"));
   }
   Ok(match outcome {
     Ok(HandlerOutcome::Response(response)) => response,
     Ok(HandlerOutcome::Error(error)) => {
-      tracing::error!(script = %ctx.script, "500: {error}");
+      tracing::error!(worker = %worker_name, "500: {error}");
       plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
     }
+    Ok(HandlerOutcome::Unavailable(reason)) => {
+      tracing::error!(worker = %worker_name, "503: {reason}");
+      plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable: the worker was stopped by a limit.\n",
+      )
+    }
     Err(_) => {
-      tracing::error!(script = %ctx.script, "500: the worker stopped before responding");
+      tracing::error!(worker = %worker_name, "500: the worker stopped before responding");
       plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
     }
   })
 }
 
-/// `request.url`: absolute, from the Host header (HTTP/1) or the authority
-/// (HTTP/2), falling back to the address the request came in on.
-fn absolute_url(parts: &http::request::Parts, local: SocketAddr) -> String {
-  let path = parts
-    .uri
-    .path_and_query()
-    .map(|p| p.as_str())
-    .unwrap_or("/");
-  let host = parts
+/// The host a request was sent to: the authority (HTTP/2) or the Host header
+/// (HTTP/1), falling back to the address it came in on.
+fn request_host(parts: &http::request::Parts, local: SocketAddr) -> String {
+  parts
     .uri
     .authority()
     .map(|a| a.as_str().to_string())
@@ -342,8 +398,7 @@ fn absolute_url(parts: &http::request::Parts, local: SocketAddr) -> String {
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
     })
-    .unwrap_or_else(|| local.to_string());
-  format!("http://{host}{path}")
+    .unwrap_or_else(|| local.to_string())
 }
 
 /// A request body that fails once it grows past the limit, and says so.

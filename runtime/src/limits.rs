@@ -1,0 +1,156 @@
+//! The CPU-time limit: a watchdog thread samples the CPU clock of every
+//! isolate thread and terminates JavaScript that has run past its budget
+//! without yielding.
+//!
+//! The request path pays nothing but two atomic increments per slice of
+//! JavaScript: the watchdog, not the isolate thread, reads the clocks
+//! (`CLOCK_THREAD_CPUTIME_ID` of the other thread, through
+//! `pthread_getcpuclockid`), so a limit is enforced within one tick of it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use deno_core::v8;
+
+/// How often the watchdog samples the clocks.
+const TICK: Duration = Duration::from_millis(2);
+
+/// One isolate thread as the watchdog sees it.
+pub struct CpuSlot {
+  clock: libc::clockid_t,
+  /// Odd while JavaScript runs; each slice gets a new odd number.
+  generation: AtomicU64,
+  budget_ns: AtomicU64,
+  isolate: Mutex<Option<v8::IsolateHandle>>,
+  fired: AtomicBool,
+}
+
+/// Registry of the slots the watchdog thread samples.
+struct Watchdog {
+  slots: Mutex<Vec<Weak<CpuSlot>>>,
+}
+
+fn watchdog() -> &'static Watchdog {
+  static WATCHDOG: OnceLock<&'static Watchdog> = OnceLock::new();
+  WATCHDOG.get_or_init(|| {
+    let dog: &'static Watchdog = Box::leak(Box::new(Watchdog {
+      slots: Mutex::new(Vec::new()),
+    }));
+    std::thread::Builder::new()
+      .name("cpu-watchdog".into())
+      .spawn(move || dog.run())
+      .expect("spawning the CPU watchdog");
+    dog
+  })
+}
+
+fn thread_cpu(clock: libc::clockid_t) -> Option<u64> {
+  let mut ts = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: 0,
+  };
+  // SAFETY: `ts` is a valid out-pointer; a stale clock id only yields EINVAL.
+  let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+  (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+impl Watchdog {
+  fn run(&self) {
+    // Per slot: (generation seen at the last tick, CPU clock then, CPU used by
+    // the slice so far).
+    let mut seen: Vec<(Weak<CpuSlot>, u64, u64, u64)> = Vec::new();
+    loop {
+      std::thread::sleep(TICK);
+      {
+        let mut slots = self.slots.lock().unwrap();
+        slots.retain(|s| s.strong_count() > 0);
+        seen.retain(|(s, ..)| s.strong_count() > 0);
+        for slot in slots.iter() {
+          if !seen.iter().any(|(s, ..)| s.ptr_eq(slot)) {
+            seen.push((slot.clone(), 0, 0, 0));
+          }
+        }
+      }
+      for (weak, last_generation, last_cpu, used) in seen.iter_mut() {
+        let Some(slot) = weak.upgrade() else { continue };
+        let generation = slot.generation.load(Ordering::Acquire);
+        let Some(now) = thread_cpu(slot.clock) else {
+          continue;
+        };
+        if generation % 2 == 1 && generation == *last_generation {
+          *used += now.saturating_sub(*last_cpu);
+          if *used > slot.budget_ns.load(Ordering::Relaxed) {
+            // Under the lock the slice cannot end or change under us.
+            let isolate = slot.isolate.lock().unwrap();
+            if slot.generation.load(Ordering::Acquire) == generation
+              && !slot.fired.swap(true, Ordering::AcqRel)
+            {
+              if let Some(isolate) = isolate.as_ref() {
+                isolate.terminate_execution();
+              }
+            }
+          }
+        } else {
+          // A new slice (or none): start counting from here.
+          *used = 0;
+        }
+        *last_generation = generation;
+        *last_cpu = now;
+      }
+    }
+  }
+}
+
+impl CpuSlot {
+  /// Registers the calling thread with the watchdog.
+  pub fn for_current_thread() -> Arc<CpuSlot> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: pthread_self() is always valid for the calling thread.
+    let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+    assert_eq!(rc, 0, "pthread_getcpuclockid failed");
+    let slot = Arc::new(CpuSlot {
+      clock,
+      generation: AtomicU64::new(0),
+      budget_ns: AtomicU64::new(u64::MAX),
+      isolate: Mutex::new(None),
+      fired: AtomicBool::new(false),
+    });
+    watchdog().slots.lock().unwrap().push(Arc::downgrade(&slot));
+    slot
+  }
+
+  /// JavaScript of `isolate` starts running on this thread; it may use
+  /// `budget` of CPU before the watchdog terminates it.
+  pub fn begin(&self, isolate: &v8::IsolateHandle, budget: Duration) -> SliceGuard<'_> {
+    let mut current = self.isolate.lock().unwrap();
+    *current = Some(isolate.clone());
+    self.budget_ns.store(
+      budget.as_nanos().min(u64::MAX as u128) as u64,
+      Ordering::Relaxed,
+    );
+    self.fired.store(false, Ordering::Release);
+    self.generation.fetch_add(1, Ordering::AcqRel);
+    drop(current);
+    SliceGuard { slot: self }
+  }
+}
+
+/// Ends the slice when dropped; tells whether the watchdog fired during it.
+pub struct SliceGuard<'a> {
+  slot: &'a CpuSlot,
+}
+
+impl SliceGuard<'_> {
+  pub fn fired(&self) -> bool {
+    self.slot.fired.load(Ordering::Acquire)
+  }
+}
+
+impl Drop for SliceGuard<'_> {
+  fn drop(&mut self) {
+    let mut current = self.slot.isolate.lock().unwrap();
+    self.slot.generation.fetch_add(1, Ordering::AcqRel);
+    *current = None;
+  }
+}

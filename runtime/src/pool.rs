@@ -1,0 +1,184 @@
+//! The warm workers of one server thread: created lazily from the snapshot
+//! on a worker's first request, kept warm, and evicted least recently used
+//! past the thread's share of `max_isolates`. An evicted or limit-stopped
+//! worker comes back on its next request.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use runtime_ext::http::HandlerOutcome;
+use tokio::sync::mpsc;
+
+use crate::config::{Isolation, WorkerConfig};
+use crate::worker::{IncomingRequest, Worker, WorkerContext};
+
+pub struct IsolatePool {
+  workers: Rc<[WorkerConfig]>,
+  ctx: WorkerContext,
+  max_live: usize,
+  live: RefCell<HashMap<usize, LiveWorker>>,
+  clock: Cell<u64>,
+  running: Rc<Cell<usize>>,
+}
+
+struct LiveWorker {
+  requests: mpsc::UnboundedSender<IncomingRequest>,
+  last_used: u64,
+}
+
+impl IsolatePool {
+  pub fn new(workers: Rc<[WorkerConfig]>, ctx: WorkerContext, max_live: usize) -> Self {
+    Self {
+      workers,
+      ctx,
+      max_live: max_live.max(1),
+      live: RefCell::new(HashMap::new()),
+      clock: Cell::new(0),
+      running: Rc::new(Cell::new(0)),
+    }
+  }
+
+  pub fn worker(&self, index: usize) -> &WorkerConfig {
+    &self.workers[index]
+  }
+
+  /// Worker tasks still running on this thread (warm, evicted but
+  /// finishing, or serving one isolated request).
+  pub fn running(&self) -> usize {
+    self.running.get()
+  }
+
+  /// Closes every warm worker: each finishes its requests in flight and its
+  /// `waitUntil` work, then stops.
+  pub fn close_all(&self) {
+    self.live.borrow_mut().clear();
+  }
+
+  fn spawn(&self, index: usize, requests: mpsc::UnboundedReceiver<IncomingRequest>) {
+    let running = RunningGuard::new(self.running.clone());
+    let config = self.workers[index].clone();
+    let ctx = self.ctx.clone();
+    tokio::task::spawn_local(async move {
+      let _running = running;
+      run_worker(config, ctx, requests).await;
+    });
+  }
+
+  /// Starts worker `index` now, so its first request does not wait.
+  pub fn prewarm(&self, index: usize) {
+    if self.workers[index].isolation == Isolation::Isolate {
+      let (tx, rx) = mpsc::unbounded_channel();
+      self.start(index, tx, rx);
+    }
+  }
+
+  /// Hands `request` to worker `index`, starting it if it is not warm.
+  pub fn dispatch(&self, index: usize, request: IncomingRequest) {
+    let config = &self.workers[index];
+    if config.isolation == Isolation::Request {
+      // A fresh isolate for this request alone; it ends when the request
+      // and its waitUntil work are done.
+      let (tx, rx) = mpsc::unbounded_channel();
+      let _ = tx.send(request);
+      self.spawn(index, rx);
+      return;
+    }
+    let now = self.clock.get() + 1;
+    self.clock.set(now);
+    let request = {
+      let mut live = self.live.borrow_mut();
+      match live.get_mut(&index) {
+        Some(worker) => {
+          worker.last_used = now;
+          match worker.requests.send(request) {
+            Ok(()) => return,
+            // The worker stopped (a limit, or it failed to start).
+            Err(mpsc::error::SendError(request)) => {
+              live.remove(&index);
+              request
+            }
+          }
+        }
+        None => request,
+      }
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _ = tx.send(request);
+    self.start(index, tx, rx);
+  }
+
+  fn start(
+    &self,
+    index: usize,
+    tx: mpsc::UnboundedSender<IncomingRequest>,
+    rx: mpsc::UnboundedReceiver<IncomingRequest>,
+  ) {
+    let now = self.clock.get() + 1;
+    self.clock.set(now);
+    let mut live = self.live.borrow_mut();
+    live.insert(
+      index,
+      LiveWorker {
+        requests: tx,
+        last_used: now,
+      },
+    );
+    drop(live);
+    self.spawn(index, rx);
+    let mut live = self.live.borrow_mut();
+    while live.len() > self.max_live {
+      let Some((&oldest, _)) = live
+        .iter()
+        .filter(|(&i, _)| i != index)
+        .min_by_key(|(_, w)| w.last_used)
+      else {
+        break;
+      };
+      // Closing its channel lets the worker finish what it has in flight;
+      // then its isolate is dropped.
+      live.remove(&oldest);
+      tracing::debug!(worker = %self.workers[oldest].name, "evicted (least recently used)");
+    }
+  }
+}
+
+/// Loads a worker and serves `requests` until the channel closes or a limit
+/// stops it.
+async fn run_worker(
+  config: WorkerConfig,
+  ctx: WorkerContext,
+  mut requests: mpsc::UnboundedReceiver<IncomingRequest>,
+) {
+  match Worker::load(&config, &ctx).await {
+    Ok(mut worker) => {
+      worker.run(requests).await;
+    }
+    Err(error) => {
+      tracing::error!(worker = %config.name, "failed to start: {error:#}");
+      requests.close();
+      while let Ok(request) = requests.try_recv() {
+        let _ = request.respond.send(HandlerOutcome::Unavailable(format!(
+          "worker {:?} failed to start",
+          config.name
+        )));
+      }
+    }
+  }
+}
+
+/// Counts a worker task while it lives.
+struct RunningGuard(Rc<Cell<usize>>);
+
+impl RunningGuard {
+  fn new(count: Rc<Cell<usize>>) -> Self {
+    count.set(count.get() + 1);
+    Self(count)
+  }
+}
+
+impl Drop for RunningGuard {
+  fn drop(&mut self) {
+    self.0.set(self.0.get() - 1);
+  }
+}

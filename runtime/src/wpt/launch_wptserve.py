@@ -1,0 +1,50 @@
+# Started by `runtime wpt`: serves the WPT directory on loopback with wptserve
+# (its file, .asis and .py handlers, `.sub.` substitution and the stash), on
+# two HTTP ports (ports[http][0] and [1]), prints {"http": [...], "https": [...]}
+# on one line once it is ready, and exits when its stdin closes (the runner
+# ended).
+import json
+import logging
+import sys
+
+from wptserve import server, stash
+from wptserve.config import Config, ConfigBuilder
+from wptserve.utils import get_port
+
+root = sys.argv[1]
+logging.basicConfig(level=logging.CRITICAL)
+logger = logging.getLogger()
+logger.setLevel(logging.CRITICAL)
+
+httpds = [
+    server.WebTestHttpd(host="127.0.0.1", port=0, doc_root=root, use_ssl=False)
+    for _ in range(2)
+]
+ports = [h.port for h in httpds]
+builder = ConfigBuilder(
+    logger,
+    browser_host="localhost",
+    alternate_hosts={"alt": "not-web-platform.test"},
+    doc_root=root,
+    ports={"http": ports},
+    subdomains={"www", "www1", "www2", "天気の良い日", "élève"},
+    not_subdomains={"nonexistent"},
+)
+with builder as built:
+    # No TLS here: the https/ws/wss ports are free ports nothing listens on, so
+    # `{{ports[https][0]}}` substitutes (as in a full WPT setup) and fetches to
+    # them fail to connect.
+    data = dict(built.__dict__)
+    data["ports"] = dict(built.ports)
+    for scheme in ("https", "ws", "wss"):
+        data["ports"][scheme] = [get_port("127.0.0.1"), get_port("127.0.0.1")]
+    config = Config(data)
+    server.Server.config = config
+
+with stash.StashServer(("127.0.0.1", 0), authkey=b"wpt-runner"):
+    for h in httpds:
+        h.start()
+    print(json.dumps({"http": ports, "https": config.ports["https"]}), flush=True)
+    sys.stdin.read()
+    for h in httpds:
+        h.stop()

@@ -1,0 +1,145 @@
+//! wptserve (from PyPI, pinned) on loopback, serving the WPT directory with
+//! its `.py` handlers, for the tests that fetch from a server and for the
+//! `.sub.` scripts (`{{host}}`, `{{ports[http][0]}}`...).
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+
+pub const WPTSERVE_VERSION: &str = "4.0.3";
+const LAUNCHER: &str = include_str!("launch_wptserve.py");
+
+pub struct WptServer {
+  child: Child,
+  pub http_ports: Vec<u16>,
+  pub https_ports: Vec<u16>,
+}
+
+impl WptServer {
+  /// `http://localhost:PORT`: where tests are "served" from.
+  pub fn http_origin(&self) -> String {
+    format!("http://localhost:{}", self.http_ports[0])
+  }
+
+  /// The https origin `.https.` tests see in `location` (nothing listens:
+  /// no TLS here).
+  pub fn https_origin(&self) -> String {
+    format!("https://localhost:{}", self.https_ports[0])
+  }
+
+  /// Starts wptserve with `python` (installing wptserve next to the runner
+  /// binary from PyPI with pip if `python` cannot import it).
+  pub fn start(python: &str, wpt_dir: &Path) -> anyhow::Result<WptServer> {
+    let python_path = ensure_wptserve(python)?;
+    let mut command = Command::new(python);
+    command
+      .arg("-c")
+      .arg(LAUNCHER)
+      .arg(wpt_dir)
+      .stdin(Stdio::piped())
+      .stdout(Stdio::piped())
+      .stderr(Stdio::null());
+    if let Some(dir) = &python_path {
+      command.env("PYTHONPATH", dir);
+    }
+    let mut child = command
+      .spawn()
+      .with_context(|| format!("cannot start {python}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+      let mut line = String::new();
+      let _ = BufReader::new(stdout).read_line(&mut line);
+      let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(60)) {
+      Ok(line) if !line.trim().is_empty() => line,
+      _ => {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(anyhow!("wptserve did not start"));
+      }
+    };
+    let ports: serde_json::Value =
+      serde_json::from_str(&line).with_context(|| format!("wptserve said {line:?}"))?;
+    let list = |key: &str| -> Vec<u16> {
+      ports[key]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p.as_u64()).map(|p| p as u16).collect())
+        .unwrap_or_default()
+    };
+    let (http_ports, https_ports) = (list("http"), list("https"));
+    if http_ports.is_empty() || https_ports.is_empty() {
+      let _ = child.kill();
+      let _ = child.wait();
+      return Err(anyhow!("wptserve said {line:?}"));
+    }
+    Ok(WptServer {
+      child,
+      http_ports,
+      https_ports,
+    })
+  }
+}
+
+impl Drop for WptServer {
+  fn drop(&mut self) {
+    // Closing its stdin asks it to stop; make sure.
+    drop(self.child.stdin.take());
+    let _ = self.child.kill();
+    let _ = self.child.wait();
+  }
+}
+
+fn can_import(python: &str, python_path: Option<&Path>) -> bool {
+  let mut command = Command::new(python);
+  command
+    .args(["-c", "import wptserve"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+  if let Some(dir) = python_path {
+    command.env("PYTHONPATH", dir);
+  }
+  command.status().is_ok_and(|s| s.success())
+}
+
+/// Where the runner installs wptserve when Python lacks it: beside the
+/// binary (`target/<profile>/wptserve-4.0.3`).
+fn private_dir() -> Option<PathBuf> {
+  let exe = std::env::current_exe().ok()?;
+  Some(exe.parent()?.join(format!("wptserve-{WPTSERVE_VERSION}")))
+}
+
+/// Returns the `PYTHONPATH` wptserve needs (None: Python has it already).
+fn ensure_wptserve(python: &str) -> anyhow::Result<Option<PathBuf>> {
+  if can_import(python, None) {
+    return Ok(None);
+  }
+  let dir = private_dir().ok_or_else(|| anyhow!("cannot locate the runner binary"))?;
+  if can_import(python, Some(&dir)) {
+    return Ok(Some(dir));
+  }
+  eprintln!(
+    "wpt: installing wptserve {WPTSERVE_VERSION} from PyPI into {}",
+    dir.display()
+  );
+  let status = Command::new(python)
+    .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+    .arg("--target")
+    .arg(&dir)
+    .arg(format!("wptserve=={WPTSERVE_VERSION}"))
+    .stdin(Stdio::null())
+    .status()
+    .with_context(|| format!("cannot run {python} -m pip"))?;
+  if !status.success() || !can_import(python, Some(&dir)) {
+    return Err(anyhow!(
+      "cannot install wptserve: run `{python} -m pip install wptserve=={WPTSERVE_VERSION}`"
+    ));
+  }
+  Ok(Some(dir))
+}
