@@ -84,11 +84,15 @@ pub struct WorkerLimits {
   pub subrequests: u32,
 }
 
+impl WorkerLimits {
+  pub const DEFAULT_MEMORY_MB: u64 = 128;
+}
+
 impl Default for WorkerLimits {
   fn default() -> Self {
     Self {
       cpu_ms: 50,
-      memory_mb: 128,
+      memory_mb: Self::DEFAULT_MEMORY_MB,
       subrequests: 50,
     }
   }

@@ -5,7 +5,7 @@
 //! evaluated the loader is sealed, so code running in a request cannot import
 //! anything new (no `node:`, no other files, no network).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 
 use deno_core::error::ModuleLoaderError;
@@ -17,7 +17,7 @@ use deno_core::{
 use deno_error::JsErrorBox;
 
 pub struct ScriptLoader {
-  root: PathBuf,
+  root: RefCell<PathBuf>,
   sealed: Cell<bool>,
 }
 
@@ -25,9 +25,14 @@ impl ScriptLoader {
   /// `root`: the directory imports may reach (the main script's directory).
   pub fn new(root: PathBuf) -> Self {
     Self {
-      root,
+      root: RefCell::new(root),
       sealed: Cell::new(false),
     }
+  }
+
+  /// Points a loader made for a spare isolate at its script's directory.
+  pub fn set_root(&self, root: PathBuf) {
+    *self.root.borrow_mut() = root;
   }
 
   /// Refuse every load from now on.
@@ -49,10 +54,11 @@ impl ScriptLoader {
     let path = specifier
       .to_file_path()
       .map_err(|_| JsErrorBox::type_error(format!("Invalid module path {specifier}")))?;
-    if !path.starts_with(&self.root) {
+    let root = self.root.borrow();
+    if root.as_os_str().is_empty() || !path.starts_with(&*root) {
       return Err(JsErrorBox::type_error(format!(
         "Module {specifier} is outside the script's directory {}",
-        self.root.display()
+        root.display()
       )));
     }
     Ok(path)

@@ -37,6 +37,8 @@ pub struct Limits {
   pub header_read_timeout: Duration,
   /// How long shutdown waits for requests in flight.
   pub shutdown_grace: Duration,
+  /// How long a handler may take to produce its response (wall clock).
+  pub response_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -46,6 +48,7 @@ impl Default for Limits {
       max_header_bytes: 64 * 1024,
       header_read_timeout: Duration::from_secs(10),
       shutdown_grace: Duration::from_secs(30),
+      response_timeout: Duration::from_secs(30),
     }
   }
 }
@@ -355,7 +358,17 @@ async fn handle(
     respond,
   };
   ctx.pool.dispatch(worker, incoming);
-  let outcome = response.await;
+  let Ok(outcome) = tokio::time::timeout(ctx.shared.limits.response_timeout, response).await else {
+    tracing::error!(
+      worker = %worker_name,
+      "504: no response within the {} s wall-clock limit",
+      ctx.shared.limits.response_timeout.as_secs()
+    );
+    return Ok(plain(
+      StatusCode::GATEWAY_TIMEOUT,
+      "Gateway Timeout: the worker did not respond in time.\n",
+    ));
+  };
   if too_large.load(Ordering::Relaxed) {
     tracing::warn!(
       worker = %worker_name,

@@ -169,29 +169,37 @@ impl Worker {
   pub async fn load(config: &WorkerConfig, ctx: &WorkerContext) -> anyhow::Result<Worker> {
     let script = &config.main;
     let root = script.parent().map(Path::to_path_buf).unwrap_or_default();
-    let loader = Rc::new(ScriptLoader::new(root));
-    let memory_bytes = (config.limits.memory_mb as usize).saturating_mul(1024 * 1024);
     let poison = Rc::new(Poison::default());
-    let (mut rt, (dispatch, set_handler, isolate_handle)) = IsolateRuntime::new(
-      runtime_options(loader.clone(), Some(memory_bytes)),
-      |runtime| {
-        let [dispatch, set_handler] = prepare(runtime, &config.name)?;
-        let handle = runtime.v8_isolate().thread_safe_handle();
-        let on_oom = handle.clone();
-        let poison = poison.clone();
-        let limit_mb = config.limits.memory_mb;
-        runtime.add_near_heap_limit_callback(move |current, _initial| {
-          // Stop the script and give V8 room to unwind; the isolate is
-          // discarded afterwards.
-          poison
-            .0
-            .set(Some(format!("exceeded its memory limit of {limit_mb} MiB")));
-          on_oom.terminate_execution();
-          current * 2
-        });
-        Ok((dispatch, set_handler, handle))
-      },
-    )?;
+    let spare = match take_spare(config.limits.memory_mb) {
+      Some(spare) => spare,
+      None => SpareIsolate::create(config.limits.memory_mb)?,
+    };
+    let SpareIsolate {
+      mut rt,
+      loader,
+      dispatch,
+      set_handler,
+      handle: isolate_handle,
+    } = spare;
+    loader.set_root(root);
+    rt.with(|runtime| {
+      runtime
+        .op_state()
+        .borrow_mut()
+        .put(ScriptName(config.name.clone()));
+      let on_oom = isolate_handle.clone();
+      let poison = poison.clone();
+      let limit_mb = config.limits.memory_mb;
+      runtime.add_near_heap_limit_callback(move |current, _initial| {
+        // Stop the script and give V8 room to unwind; the isolate is
+        // discarded afterwards.
+        poison
+          .0
+          .set(Some(format!("exceeded its memory limit of {limit_mb} MiB")));
+        on_oom.terminate_execution();
+        current * 2
+      });
+    });
 
     let specifier = ModuleSpecifier::from_file_path(script)
       .map_err(|_| anyhow!("invalid script path {}", script.display()))?;
@@ -444,6 +452,78 @@ impl Worker {
 
   pub fn memory_limit_mb(&self) -> u64 {
     self.memory_mb
+  }
+}
+
+/// An isolate from the snapshot with the global scope ready and no script
+/// yet. Each thread keeps one ready so that a cold worker's first request
+/// does not wait for isolate creation.
+struct SpareIsolate {
+  rt: IsolateRuntime,
+  loader: Rc<ScriptLoader>,
+  dispatch: v8::Global<v8::Function>,
+  set_handler: v8::Global<v8::Function>,
+  handle: v8::IsolateHandle,
+}
+
+/// Spares are made with the default heap limit; a worker with another limit
+/// gets an isolate made for it.
+const SPARE_MEMORY_MB: u64 = crate::config::WorkerLimits::DEFAULT_MEMORY_MB;
+
+thread_local! {
+  static SPARES: std::cell::RefCell<Vec<SpareIsolate>> = const { std::cell::RefCell::new(Vec::new()) };
+  static REFILL_SCHEDULED: Cell<bool> = const { Cell::new(false) };
+}
+
+impl SpareIsolate {
+  fn create(memory_mb: u64) -> anyhow::Result<Self> {
+    let loader = Rc::new(ScriptLoader::new(Default::default()));
+    let max_heap = (memory_mb as usize).saturating_mul(1024 * 1024);
+    let (rt, (dispatch, set_handler, handle)) =
+      IsolateRuntime::new(runtime_options(loader.clone(), Some(max_heap)), |runtime| {
+        let [dispatch, set_handler] = prepare(runtime, "")?;
+        Ok((
+          dispatch,
+          set_handler,
+          runtime.v8_isolate().thread_safe_handle(),
+        ))
+      })?;
+    Ok(Self {
+      rt,
+      loader,
+      dispatch,
+      set_handler,
+      handle,
+    })
+  }
+}
+
+/// Takes this thread's spare isolate (if it suits `memory_mb`) and schedules
+/// a new one to be made once the thread is free.
+fn take_spare(memory_mb: u64) -> Option<SpareIsolate> {
+  if memory_mb != SPARE_MEMORY_MB {
+    return None;
+  }
+  let spare = SPARES.with(|s| s.borrow_mut().pop());
+  if tokio::runtime::Handle::try_current().is_ok() && !REFILL_SCHEDULED.with(|r| r.replace(true)) {
+    tokio::task::spawn_local(async {
+      // Let the request that took the spare go first.
+      tokio::time::sleep(Duration::from_millis(1)).await;
+      REFILL_SCHEDULED.with(|r| r.set(false));
+      prewarm_spare_isolate();
+    });
+  }
+  spare
+}
+
+/// Makes sure this thread has a spare isolate ready.
+pub fn prewarm_spare_isolate() {
+  if SPARES.with(|s| !s.borrow().is_empty()) {
+    return;
+  }
+  match SpareIsolate::create(SPARE_MEMORY_MB) {
+    Ok(spare) => SPARES.with(|s| s.borrow_mut().push(spare)),
+    Err(error) => tracing::warn!("could not make a spare isolate: {error:#}"),
   }
 }
 

@@ -1,16 +1,84 @@
-//! `bench/isolates`: creates isolates from the startup snapshot, one after
-//! another on one thread, and reports creation time percentiles. The last
-//! line of output is one JSON object.
+//! `bench/isolates`: what isolates cost, measured in-process on one thread.
+//!
+//! - `isolate_p50_us`, `isolate_p99_us`: creating an isolate from the
+//!   startup snapshot with the global scope ready for a script.
+//! - `context_p50_us`: what `isolation = "request"` pays per request before
+//!   the script runs: a fresh isolate from the snapshot (we isolate requests
+//!   with isolates, not contexts).
+//! - `cold_first_request_p50_us`: a request to a worker that is not warm,
+//!   from dispatch to its response: isolate, module load and evaluation, and
+//!   the handler.
+//! - `rss_per_isolate_kib`: resident memory per warm hello-world worker, with
+//!   N of them alive (N = the first argument, default 1000).
+//!
+//! The last line of output is one JSON object with those keys.
 
 use std::rc::Rc;
 use std::time::Instant;
 
+use runtime::config::{Isolation, WorkerConfig, WorkerLimits};
 use runtime::loader::ScriptLoader;
-use runtime::worker::new_isolate;
+use runtime::pool::IsolatePool;
+use runtime::worker::{new_isolate, IncomingRequest, WorkerContext};
+use runtime_ext::http::HandlerOutcome;
+use tokio::sync::oneshot;
 
 fn percentile(sorted: &[u128], p: f64) -> u128 {
   let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
   sorted[i]
+}
+
+fn rss_kib() -> u64 {
+  let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+  status
+    .lines()
+    .find_map(|l| l.strip_prefix("VmRSS:"))
+    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    .unwrap_or(0)
+}
+
+fn hello_script() -> std::path::PathBuf {
+  let dir = std::env::temp_dir().join(format!("bench-isolates-{}", std::process::id()));
+  std::fs::create_dir_all(&dir).unwrap();
+  let path = dir.join("hello.js");
+  std::fs::write(
+    &path,
+    "export default { fetch() { return new Response(\"Hello, world!\"); } };\n",
+  )
+  .unwrap();
+  path
+}
+
+fn worker_config(name: String, main: &std::path::Path) -> WorkerConfig {
+  WorkerConfig {
+    name,
+    main: main.to_path_buf(),
+    routes: Vec::new(),
+    bindings: Vec::new(),
+    secret_names: Vec::new(),
+    isolation: Isolation::Isolate,
+    limits: WorkerLimits::default(),
+  }
+}
+
+/// Sends one GET to worker `index` of `pool` and waits for its response.
+async fn request(pool: &IsolatePool, index: usize) {
+  let (respond, response) = oneshot::channel();
+  pool.dispatch(
+    index,
+    IncomingRequest {
+      method: http::Method::GET,
+      url: "http://bench.local/".into(),
+      headers: http::HeaderMap::new(),
+      body: None,
+      respond,
+    },
+  );
+  match response.await {
+    Ok(HandlerOutcome::Response(r)) => assert_eq!(r.status(), 200),
+    Ok(_) => panic!("hello worker failed"),
+    Err(_) => panic!("hello worker dropped the request"),
+  }
 }
 
 fn main() {
@@ -18,55 +86,96 @@ fn main() {
     .nth(1)
     .and_then(|n| n.parse().ok())
     .unwrap_or(1000);
+  if let Ok(flags) = std::env::var("BENCH_V8_FLAGS") {
+    // Experiments only: V8 flags to try against these figures.
+    deno_core::v8::V8::set_flags_from_string(&flags);
+  }
   let rt = tokio::runtime::Builder::new_current_thread()
     .enable_all()
     .build()
     .unwrap();
-  let _guard = rt.enter();
-  if let Ok(flags) = std::env::var("BENCH_V8_FLAGS") {
-    deno_core::v8::V8::set_flags_from_string(&flags);
-  }
-  // The first isolate pays for V8's platform start-up; it is not counted.
-  drop(new_isolate(Rc::new(ScriptLoader::new("/".into())), "warmup").unwrap());
-  let mut times = Vec::with_capacity(count);
-  for _ in 0..count {
-    let start = Instant::now();
-    let isolate = new_isolate(Rc::new(ScriptLoader::new("/".into())), "bench").unwrap();
-    times.push(start.elapsed().as_micros());
-    drop(isolate);
-  }
-  times.sort_unstable();
-  if std::env::var_os("BENCH_PHASES").is_some() {
-    let mut bare = Vec::new();
+  let local = tokio::task::LocalSet::new();
+  local.block_on(&rt, async move {
+    // The first isolate pays for V8's platform start-up; it is not counted.
+    drop(new_isolate(Rc::new(ScriptLoader::new("/".into())), "warmup").unwrap());
+
+    let mut created = Vec::with_capacity(count);
     for _ in 0..count {
       let start = Instant::now();
-      let rt = deno_core::JsRuntime::new(deno_core::RuntimeOptions {
-        startup_snapshot: Some(runtime_snapshots::RUNTIME_SNAPSHOT),
-        extensions: runtime_ext::extensions(),
-        ..Default::default()
-      });
-      bare.push(start.elapsed().as_micros());
-      drop(rt);
-    }
-    bare.sort_unstable();
-    println!("bare JsRuntime::new p50: {} us", percentile(&bare, 0.5));
-    let mut raw = Vec::new();
-    for _ in 0..count {
-      let start = Instant::now();
-      let mut isolate = deno_core::v8::Isolate::new(Default::default());
-      {
-        deno_core::v8::scope!(let scope, &mut isolate);
-        let _ctx = deno_core::v8::Context::new(scope, Default::default());
-      }
-      raw.push(start.elapsed().as_micros());
+      let isolate = new_isolate(Rc::new(ScriptLoader::new("/".into())), "bench").unwrap();
+      created.push(start.elapsed().as_micros());
       drop(isolate);
     }
-    raw.sort_unstable();
-    println!("raw v8 isolate+context p50: {} us", percentile(&raw, 0.5));
-  }
-  let p50 = percentile(&times, 0.5);
-  let p99 = percentile(&times, 0.99);
-  println!("isolates created: {count}");
-  println!("creation p50: {p50} us, p99: {p99} us");
-  println!("{{\"isolates\": {count}, \"isolate_p50_us\": {p50}, \"isolate_p99_us\": {p99}}}");
+    created.sort_unstable();
+
+    let script = hello_script();
+    let ctx = WorkerContext::for_current_thread();
+
+    // Cold first requests: a pool that keeps one worker, alternating between
+    // two, so every request finds its worker cold.
+    let configs: Rc<[WorkerConfig]> = vec![
+      worker_config("a".into(), &script),
+      worker_config("b".into(), &script),
+    ]
+    .into();
+    let pool = IsolatePool::new(configs, ctx.clone(), 1);
+    let rounds = (count / 4).max(20);
+    let mut cold = Vec::with_capacity(rounds);
+    for i in 0..rounds {
+      // Cold starts are sporadic: the thread's spare isolate is ready by then.
+      tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+      let start = Instant::now();
+      request(&pool, i % 2).await;
+      cold.push(start.elapsed().as_micros());
+    }
+    cold.sort_unstable();
+    drop(pool);
+
+    // Request isolation: every request in a fresh isolate.
+    let isolated: Rc<[WorkerConfig]> = vec![WorkerConfig {
+      isolation: Isolation::Request,
+      ..worker_config("isolated".into(), &script)
+    }]
+    .into();
+    let pool = IsolatePool::new(isolated, ctx.clone(), 1);
+    let mut per_request = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+      tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+      let start = Instant::now();
+      request(&pool, 0).await;
+      per_request.push(start.elapsed().as_micros());
+    }
+    per_request.sort_unstable();
+    drop(pool);
+    // Let the per-request isolates finish and drop.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    // Memory per warm worker.
+    let configs: Rc<[WorkerConfig]> = (0..count)
+      .map(|i| worker_config(format!("w{i}"), &script))
+      .collect::<Vec<_>>()
+      .into();
+    let before = rss_kib();
+    let pool = IsolatePool::new(configs, ctx.clone(), count);
+    for i in 0..count {
+      request(&pool, i).await;
+    }
+    let after = rss_kib();
+    let per_isolate = after.saturating_sub(before) / count as u64;
+    drop(pool);
+
+    let isolate_p50 = percentile(&created, 0.5);
+    let isolate_p99 = percentile(&created, 0.99);
+    let cold_p50 = percentile(&cold, 0.5);
+    let request_isolate_p50 = percentile(&per_request, 0.5);
+    println!("isolate creation from the snapshot ({count}): p50 {isolate_p50} us, p99 {isolate_p99} us");
+    println!("cold worker, first request end to end ({rounds}): p50 {cold_p50} us");
+    println!(
+      "isolation = \"request\", whole request in a fresh isolate ({rounds}): p50 {request_isolate_p50} us"
+    );
+    println!("RSS per warm hello worker ({count} alive): {per_isolate} KiB");
+    println!(
+      "{{\"isolates\": {count}, \"isolate_p50_us\": {isolate_p50}, \"isolate_p99_us\": {isolate_p99}, \"context_p50_us\": {isolate_p50}, \"request_isolated_p50_us\": {request_isolate_p50}, \"cold_first_request_p50_us\": {cold_p50}, \"rss_per_isolate_kib\": {per_isolate}}}"
+    );
+  });
 }
