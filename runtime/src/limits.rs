@@ -154,3 +154,96 @@ impl Drop for SliceGuard<'_> {
     *current = None;
   }
 }
+
+/// ArrayBuffer memory of one isolate, counted against its memory limit: an
+/// allocation past the budget fails, stops the script and marks the isolate
+/// for recycling, as running out of heap does.
+pub struct ArrayBufferBudget {
+  limit: usize,
+  used: std::sync::atomic::AtomicUsize,
+  exceeded: AtomicBool,
+  isolate: OnceLock<v8::IsolateHandle>,
+}
+
+impl ArrayBufferBudget {
+  /// A V8 allocator drawing on a new budget of `limit` bytes.
+  pub fn allocator(limit: usize) -> (Arc<Self>, v8::UniqueRef<v8::Allocator>) {
+    let budget = Arc::new(Self {
+      limit,
+      used: Default::default(),
+      exceeded: AtomicBool::new(false),
+      isolate: OnceLock::new(),
+    });
+    let handle = Arc::into_raw(budget.clone());
+    // SAFETY: `handle` is a leaked Arc that the vtable's `drop` releases.
+    let allocator = unsafe { v8::new_rust_allocator(handle, &BUDGET_VTABLE) };
+    (budget, allocator)
+  }
+
+  /// The isolate to stop when the budget is exceeded.
+  pub fn watch(&self, isolate: v8::IsolateHandle) {
+    let _ = self.isolate.set(isolate);
+  }
+
+  pub fn exceeded(&self) -> bool {
+    self.exceeded.load(Ordering::Acquire)
+  }
+
+  fn reserve(&self, len: usize) -> bool {
+    let used = self.used.fetch_add(len, Ordering::AcqRel) + len;
+    if used <= self.limit {
+      return true;
+    }
+    self.used.fetch_sub(len, Ordering::AcqRel);
+    if !self.exceeded.swap(true, Ordering::AcqRel) {
+      if let Some(isolate) = self.isolate.get() {
+        isolate.terminate_execution();
+      }
+    }
+    false
+  }
+}
+
+static BUDGET_VTABLE: v8::RustAllocatorVtable<ArrayBufferBudget> = v8::RustAllocatorVtable {
+  allocate: budget_allocate,
+  allocate_uninitialized: budget_allocate_uninitialized,
+  free: budget_free,
+  drop: budget_drop,
+};
+
+unsafe extern "C" fn budget_allocate(
+  budget: &ArrayBufferBudget,
+  len: usize,
+) -> *mut std::ffi::c_void {
+  if !budget.reserve(len) {
+    return std::ptr::null_mut();
+  }
+  // SAFETY: plain C allocation, released in `budget_free`.
+  unsafe { libc::calloc(len.max(1), 1) }
+}
+
+unsafe extern "C" fn budget_allocate_uninitialized(
+  budget: &ArrayBufferBudget,
+  len: usize,
+) -> *mut std::ffi::c_void {
+  if !budget.reserve(len) {
+    return std::ptr::null_mut();
+  }
+  // SAFETY: plain C allocation, released in `budget_free`.
+  unsafe { libc::malloc(len.max(1)) }
+}
+
+unsafe extern "C" fn budget_free(
+  budget: &ArrayBufferBudget,
+  data: *mut std::ffi::c_void,
+  len: usize,
+) {
+  budget.used.fetch_sub(len, Ordering::AcqRel);
+  // SAFETY: `data` came from `budget_allocate*`.
+  unsafe { libc::free(data) }
+}
+
+unsafe extern "C" fn budget_drop(budget: *const ArrayBufferBudget) {
+  // SAFETY: the pointer is the Arc leaked in `allocator`.
+  drop(unsafe { Arc::from_raw(budget) });
+}

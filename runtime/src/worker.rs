@@ -21,7 +21,7 @@ use runtime_ext::http::{HandlerOutcome, PendingResponses, RequestBody, RequestBo
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::WorkerConfig;
-use crate::limits::CpuSlot;
+use crate::limits::{ArrayBufferBudget, CpuSlot};
 use crate::loader::ScriptLoader;
 
 /// A request on its way into a worker.
@@ -153,6 +153,7 @@ pub struct Worker {
   cpu_budget: Duration,
   isolate_handle: v8::IsolateHandle,
   poison: Rc<Poison>,
+  array_buffers: Arc<ArrayBufferBudget>,
   memory_mb: u64,
 }
 
@@ -180,6 +181,7 @@ impl Worker {
       dispatch,
       set_handler,
       handle: isolate_handle,
+      array_buffers,
     } = spare;
     loader.set_root(root);
     rt.with(|runtime| {
@@ -260,6 +262,7 @@ impl Worker {
       cpu_budget,
       isolate_handle,
       poison,
+      array_buffers,
       memory_mb: config.limits.memory_mb,
     })
   }
@@ -328,7 +331,7 @@ impl Worker {
           self.cpu_budget.as_millis()
         )
       })));
-    } else if scope.has_terminated() || self.poison.is_set() {
+    } else if scope.has_terminated() || self.poison.is_set() || self.array_buffers.exceeded() {
       // A limit stopped the script: the caller fails the request with the
       // limit's reason.
     } else if let Some(exception) = scope.exception() {
@@ -349,6 +352,12 @@ impl Worker {
   /// If a limit stopped the isolate: fails every request in it, logs, and
   /// says so (the worker must then be discarded).
   fn check_poisoned(&mut self) -> bool {
+    if self.array_buffers.exceeded() && !self.poison.is_set() {
+      self.poison.0.set(Some(format!(
+        "exceeded its memory limit of {} MiB (ArrayBuffers)",
+        self.memory_mb
+      )));
+    }
     let Some(reason) = self.poison.0.take() else {
       return false;
     };
@@ -464,6 +473,7 @@ struct SpareIsolate {
   dispatch: v8::Global<v8::Function>,
   set_handler: v8::Global<v8::Function>,
   handle: v8::IsolateHandle,
+  array_buffers: Arc<ArrayBufferBudget>,
 }
 
 /// Spares are made with the default heap limit; a worker with another limit
@@ -479,21 +489,24 @@ impl SpareIsolate {
   fn create(memory_mb: u64) -> anyhow::Result<Self> {
     let loader = Rc::new(ScriptLoader::new(Default::default()));
     let max_heap = (memory_mb as usize).saturating_mul(1024 * 1024);
-    let (rt, (dispatch, set_handler, handle)) =
-      IsolateRuntime::new(runtime_options(loader.clone(), Some(max_heap)), |runtime| {
-        let [dispatch, set_handler] = prepare(runtime, "")?;
-        Ok((
-          dispatch,
-          set_handler,
-          runtime.v8_isolate().thread_safe_handle(),
-        ))
-      })?;
+    let (options, budget) = runtime_options(loader.clone(), Some(max_heap));
+    let (rt, (dispatch, set_handler, handle)) = IsolateRuntime::new(options, |runtime| {
+      let [dispatch, set_handler] = prepare(runtime, "")?;
+      Ok((
+        dispatch,
+        set_handler,
+        runtime.v8_isolate().thread_safe_handle(),
+      ))
+    })?;
+    let array_buffers = budget.expect("a budget for a limited isolate");
+    array_buffers.watch(handle.clone());
     Ok(Self {
       rt,
       loader,
       dispatch,
       set_handler,
       handle,
+      array_buffers,
     })
   }
 }
@@ -527,17 +540,31 @@ pub fn prewarm_spare_isolate() {
   }
 }
 
-fn runtime_options(loader: Rc<ScriptLoader>, max_heap_bytes: Option<usize>) -> RuntimeOptions {
-  RuntimeOptions {
+fn runtime_options(
+  loader: Rc<ScriptLoader>,
+  max_heap_bytes: Option<usize>,
+) -> (RuntimeOptions, Option<Arc<ArrayBufferBudget>>) {
+  let (budget, create_params) = match max_heap_bytes {
+    Some(max) => {
+      let (budget, allocator) = ArrayBufferBudget::allocator(max);
+      let params = v8::CreateParams::default()
+        .heap_limits(0, max)
+        .array_buffer_allocator(allocator);
+      (Some(budget), Some(params))
+    }
+    None => (None, None),
+  };
+  let options = RuntimeOptions {
     module_loader: Some(loader),
     startup_snapshot: Some(runtime_snapshots::RUNTIME_SNAPSHOT),
     // The snapshot was built with exactly these extensions: its op bindings
     // are valid as they are (saves ~0.3 ms per isolate).
     skip_op_registration: true,
     extensions: runtime_ext::extensions(),
-    create_params: max_heap_bytes.map(|max| v8::CreateParams::default().heap_limits(0, max)),
+    create_params,
     ..Default::default()
-  }
+  };
+  (options, budget)
 }
 
 /// A fresh isolate from the startup snapshot with the global scope ready for
@@ -548,7 +575,7 @@ pub fn new_isolate(
   loader: Rc<ScriptLoader>,
   script_name: &str,
 ) -> anyhow::Result<(JsRuntime, [v8::Global<v8::Function>; 2])> {
-  let mut runtime = JsRuntime::try_new(runtime_options(loader, None))?;
+  let mut runtime = JsRuntime::try_new(runtime_options(loader, None).0)?;
   let entry_points = prepare(&mut runtime, script_name)?;
   Ok((runtime, entry_points))
 }
