@@ -15,11 +15,19 @@ import { consoleNs, webidl } from "ext:runtime/00_web.js";
 
 const {
   ArrayIsArray,
+  ArrayIteratorPrototype,
+  ArrayPrototype,
   ArrayPrototypeJoin,
   ArrayPrototypePush,
   ArrayPrototypeSlice,
   ArrayPrototypeSort,
+  MapPrototypeGet,
+  MapPrototypeGetSize,
+  MapPrototypeSet,
+  ObjectHasOwn,
   ObjectPrototypeIsPrototypeOf,
+  ObjectSetPrototypeOf,
+  SafeMap,
   RegExpPrototypeTest,
   SafeRegExp,
   StringPrototypeCharCodeAt,
@@ -44,9 +52,10 @@ const kInternal = Symbol("headers.internal");
 
 // token = 1*tchar (RFC 9110). Header names must be tokens.
 const HEADER_NAME_RE = new SafeRegExp(/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/);
-// A header value must not contain NUL, CR or LF (it has already been converted
-// to a ByteString, so every code unit is <= 0xFF).
-const HEADER_VALUE_FORBIDDEN_RE = new SafeRegExp(/[\0\r\n]/);
+// A header value must not contain NUL, CR or LF. Code units above 0xFF are
+// matched too: they mean the value was not a ByteString to begin with.
+const HEADER_VALUE_INVALID_RE = new SafeRegExp(/[\0\r\n\u0100-\uffff]/);
+const NON_BYTE_RE = new SafeRegExp(/[^\x00-\xff]/);
 
 /**
  * HTTP whitespace: U+0009 TAB, U+000A LF, U+000D CR, U+0020 SPACE.
@@ -83,50 +92,95 @@ function isValidHeaderName(name) {
 
 /** @param {string} value (already normalized) */
 function isValidHeaderValue(value) {
-  return !RegExpPrototypeTest(HEADER_VALUE_FORBIDDEN_RE, value);
+  return !RegExpPrototypeTest(HEADER_VALUE_INVALID_RE, value);
 }
 
+// Valid names seen so far, mapped to their lowercase form: most programs use
+// a handful of distinct header names, so this skips the validation regex and
+// the lowercasing for nearly every call. Bounded, filled only at run time.
+const nameCache = new SafeMap();
+const NAME_CACHE_LIMIT = 512;
+
 /**
+ * Validates a header name (a string) and returns it lowercased.
  * @param {string} name
  * @param {string} prefix
+ * @returns {string}
  */
-function checkHeaderName(name, prefix) {
-  if (!isValidHeaderName(name)) {
+function lowerValidName(name, prefix) {
+  const cached = MapPrototypeGet(nameCache, name);
+  if (cached !== undefined) return cached;
+  if (!RegExpPrototypeTest(HEADER_NAME_RE, name)) {
     throw new TypeError(`${prefix}: Invalid header name: "${name}"`);
   }
+  const lower = StringPrototypeToLowerCase(name);
+  if (MapPrototypeGetSize(nameCache) < NAME_CACHE_LIMIT) {
+    MapPrototypeSet(nameCache, name, lower);
+  }
+  return lower;
 }
 
 /**
- * Validates a (name, value) pair for a Headers object and throws when the
- * object cannot be mutated. Returns nothing: with forbidden header names not
- * being enforced, validation never silently ignores a header.
+ * ByteString conversion with a native check for the common string case.
+ */
+function toByteString(V, prefix, context) {
+  if (typeof V === "string") {
+    if (RegExpPrototypeTest(NON_BYTE_RE, V)) {
+      throw webidl.makeException(
+        TypeError,
+        "is not a valid ByteString",
+        prefix,
+        context,
+      );
+    }
+    return V;
+  }
+  return webidl.converters.ByteString(V, prefix, context);
+}
+
+/**
+ * Converts an argument to a string for use as a header name. Names that are
+ * not ByteStrings are not tokens either, so the name validation that always
+ * follows reports them.
+ */
+function nameArgument(V, prefix, context) {
+  return typeof V === "string"
+    ? V
+    : webidl.converters.ByteString(V, prefix, context);
+}
+
+/**
+ * Normalizes and validates (name, value) for `headers` and returns the
+ * lowercase name. Throws if invalid or if `headers` is immutable. (With
+ * forbidden header names not enforced, validation never silently ignores a
+ * header.) `value` must already be normalized.
  */
 function validateForMutation(headers, name, value, prefix) {
-  checkHeaderName(name, prefix);
-  if (!isValidHeaderValue(value)) {
+  const lower = lowerValidName(name, prefix);
+  if (RegExpPrototypeTest(HEADER_VALUE_INVALID_RE, value)) {
     throw new TypeError(`${prefix}: Invalid header value: "${value}"`);
   }
   if (headers[_guard] === "immutable") {
     throw new TypeError(`${prefix}: Headers are immutable`);
   }
+  return lower;
 }
 
 /**
  * Appends (name, value) to the header list of `headers` after normalizing and
- * validating it. `name` and `value` must already be ByteStrings.
+ * validating it. `name` and `value` must already be strings.
  */
 function appendHeader(headers, name, value, prefix) {
   value = normalizeHeaderValue(value);
-  validateForMutation(headers, name, value, prefix);
-  const list = headers[_list];
-  ArrayPrototypePush(list, StringPrototypeToLowerCase(name), value);
+  const lower = validateForMutation(headers, name, value, prefix);
+  ArrayPrototypePush(headers[_list], lower, value);
   headers[_sortedCache] = null;
 }
 
 /**
  * "Fill" a Headers object from a converted HeadersInit.
  * @param {Headers} headers
- * @param {string[][] | Record<string, string> | Headers} object
+ * @param {string[][] | FlatRecord | Headers} object
  */
 function fillHeaders(headers, object, prefix) {
   if (ArrayIsArray(object)) {
@@ -154,8 +208,10 @@ function fillHeaders(headers, object, prefix) {
     }
     headers[_sortedCache] = null;
   } else {
-    for (const key in object) {
-      appendHeader(headers, key, object[key], prefix);
+    // A FlatRecord (see convertHeaderRecord).
+    const flat = object.flat;
+    for (let i = 0; i < flat.length; i += 2) {
+      appendHeader(headers, flat[i], flat[i + 1], prefix);
     }
   }
 }
@@ -266,8 +322,8 @@ class Headers {
     webidl.assertBranded(this, HeadersPrototype);
     const prefix = "Failed to execute 'append' on 'Headers'";
     webidl.requiredArguments(arguments.length, 2, prefix);
-    name = webidl.converters.ByteString(name, prefix, "Argument 1");
-    value = webidl.converters.ByteString(value, prefix, "Argument 2");
+    name = nameArgument(name, prefix, "Argument 1");
+    value = toByteString(value, prefix, "Argument 2");
     appendHeader(this, name, value, prefix);
   }
 
@@ -278,9 +334,8 @@ class Headers {
     webidl.assertBranded(this, HeadersPrototype);
     const prefix = "Failed to execute 'delete' on 'Headers'";
     webidl.requiredArguments(arguments.length, 1, prefix);
-    name = webidl.converters.ByteString(name, prefix, "Argument 1");
-    validateForMutation(this, name, "", prefix);
-    const lower = StringPrototypeToLowerCase(name);
+    name = nameArgument(name, prefix, "Argument 1");
+    const lower = validateForMutation(this, name, "", prefix);
     const list = this[_list];
     if (!listContains(list, lower)) return;
     deleteFromList(list, lower);
@@ -295,9 +350,8 @@ class Headers {
     webidl.assertBranded(this, HeadersPrototype);
     const prefix = "Failed to execute 'get' on 'Headers'";
     webidl.requiredArguments(arguments.length, 1, prefix);
-    name = webidl.converters.ByteString(name, prefix, "Argument 1");
-    checkHeaderName(name, prefix);
-    return getHeaderFromList(this[_list], StringPrototypeToLowerCase(name));
+    name = nameArgument(name, prefix, "Argument 1");
+    return getHeaderFromList(this[_list], lowerValidName(name, prefix));
   }
 
   /**
@@ -321,9 +375,8 @@ class Headers {
     webidl.assertBranded(this, HeadersPrototype);
     const prefix = "Failed to execute 'has' on 'Headers'";
     webidl.requiredArguments(arguments.length, 1, prefix);
-    name = webidl.converters.ByteString(name, prefix, "Argument 1");
-    checkHeaderName(name, prefix);
-    return listContains(this[_list], StringPrototypeToLowerCase(name));
+    name = nameArgument(name, prefix, "Argument 1");
+    return listContains(this[_list], lowerValidName(name, prefix));
   }
 
   /**
@@ -334,11 +387,10 @@ class Headers {
     webidl.assertBranded(this, HeadersPrototype);
     const prefix = "Failed to execute 'set' on 'Headers'";
     webidl.requiredArguments(arguments.length, 2, prefix);
-    name = webidl.converters.ByteString(name, prefix, "Argument 1");
-    value = webidl.converters.ByteString(value, prefix, "Argument 2");
+    name = nameArgument(name, prefix, "Argument 1");
+    value = toByteString(value, prefix, "Argument 2");
     value = normalizeHeaderValue(value);
-    validateForMutation(this, name, value, prefix);
-    const lower = StringPrototypeToLowerCase(name);
+    const lower = validateForMutation(this, name, value, prefix);
     const list = this[_list];
     // "Set": replace the first occurrence, drop the others.
     let found = -1;
@@ -421,25 +473,74 @@ function isHeadersCopySource(value) {
     HeadersPrototype[SymbolIterator] === headersIterator;
 }
 
+// A converted record<ByteString, ByteString> is kept as a flat
+// [key0, value0, ...] array inside this wrapper (instead of an object keyed
+// by header name) so that filling can walk it without a second lookup.
+function FlatRecord(flat) {
+  this.flat = flat;
+}
+ObjectSetPrototypeOf(FlatRecord.prototype, null);
+
+const convertRecordSlow = webidl.createRecordConverter(
+  toByteString,
+  toByteString,
+);
+
+function convertHeaderRecord(V, prefix, context, opts) {
+  const flat = [];
+  if (core.isProxy(V)) {
+    // Exactly the WebIDL steps (the order of the traps is observable).
+    const record = convertRecordSlow(V, prefix, context, opts);
+    for (const key in record) ArrayPrototypePush(flat, key, record[key]);
+  } else {
+    for (const key in V) {
+      if (!ObjectHasOwn(V, key)) continue;
+      const k = toByteString(key, prefix, context);
+      ArrayPrototypePush(flat, k, toByteString(V[key], prefix, context));
+    }
+  }
+  return new FlatRecord(flat);
+}
+
+const convertPairSlow = webidl.createSequenceConverter(toByteString);
+const convertSequenceSlow = webidl.createSequenceConverter(convertPairSlow);
+const arrayIterator = ArrayPrototype[SymbolIterator];
+const arrayIteratorNext = ArrayIteratorPrototype.next;
+
+/** Whether iterating `V` is known to just walk its indexed elements. */
+function isPlainArray(V) {
+  return ArrayIsArray(V) && !core.isProxy(V) &&
+    V[SymbolIterator] === arrayIterator &&
+    ArrayIteratorPrototype.next === arrayIteratorNext;
+}
+
+function convertHeaderSequence(V, prefix, context, opts) {
+  if (!isPlainArray(V)) return convertSequenceSlow(V, prefix, context, opts);
+  const out = [];
+  for (let i = 0; i < V.length; ++i) {
+    const pair = V[i];
+    if (!isPlainArray(pair)) {
+      ArrayPrototypePush(out, convertPairSlow(pair, prefix, context, opts));
+      continue;
+    }
+    const converted = [];
+    for (let j = 0; j < pair.length; ++j) {
+      ArrayPrototypePush(converted, toByteString(pair[j], prefix, context));
+    }
+    ArrayPrototypePush(out, converted);
+  }
+  return out;
+}
+
 webidl.converters["HeadersInit"] = (V, prefix, context, opts) => {
   // Union of (sequence<sequence<ByteString>> or record<ByteString, ByteString>)
   if (webidl.type(V) === "Object") {
     const method = V[SymbolIterator];
     if (method !== undefined) {
       if (method === headersIterator && isHeadersCopySource(V)) return V;
-      return webidl.converters["sequence<sequence<ByteString>>"](
-        V,
-        prefix,
-        context,
-        opts,
-      );
+      return convertHeaderSequence(V, prefix, context, opts);
     }
-    return webidl.converters["record<ByteString, ByteString>"](
-      V,
-      prefix,
-      context,
-      opts,
-    );
+    return convertHeaderRecord(V, prefix, context, opts);
   }
   throw webidl.makeException(
     TypeError,
@@ -464,7 +565,7 @@ webidl.converters["Headers"] = webidl.createInterfaceConverter(
  * @param {"none" | "immutable" | "request" | "request-no-cors" | "response"} guard
  * @returns {Headers}
  */
-function headersFromList(list, guard) {
+function headersFromList(list, guard = "none") {
   const headers = new Headers(kInternal);
   headers[_list] = list;
   headers[_guard] = guard;

@@ -22,7 +22,7 @@ import {
   url,
   webidl,
 } from "ext:runtime/00_web.js";
-import { getHeader, hasHeader } from "ext:runtime/10_headers.js";
+import { getHeader } from "ext:runtime/10_headers.js";
 import {
   formDataFromEntries,
   formDataToBlob,
@@ -71,6 +71,8 @@ const {
   isReadableStreamLocked,
   readableByteStreamControllerClose,
   readableByteStreamControllerEnqueue,
+  readableByteStreamControllerRespond,
+  ReadableByteStreamController,
   readableStreamCollectIntoUint8Array,
   readableStreamDisturb,
   readableStreamPipeTo,
@@ -83,7 +85,6 @@ const { URLSearchParamsPrototype, parseUrlEncoded } = url;
 
 // Captured now so that later changes to the public prototypes by user code
 // cannot alter how bodies are read.
-const BlobPrototypeStream = BlobPrototype.stream;
 const BlobPrototypeBytes = BlobPrototype.bytes;
 const BlobPrototypeSlice = BlobPrototype.slice;
 const BlobPrototypeGetSize = ObjectGetOwnPropertyDescriptor(
@@ -95,6 +96,10 @@ const BlobPrototypeGetType = ObjectGetOwnPropertyDescriptor(
   "type",
 ).get;
 const URLSearchParamsPrototypeToString = URLSearchParamsPrototype.toString;
+const ByteControllerGetBYOBRequest = ObjectGetOwnPropertyDescriptor(
+  ReadableByteStreamController.prototype,
+  "byobRequest",
+).get;
 
 function isUint8Array(value) {
   return TypedArrayPrototypeGetSymbolToStringTag(value) === "Uint8Array";
@@ -161,9 +166,8 @@ function streamFromStaticSource(inner) {
     return stream;
   }
   if (source !== null && typeof source !== "string" && !isUint8Array(source)) {
-    // A Blob: its own byte stream reads its parts lazily.
     inner.source = null;
-    return FunctionPrototypeCall(BlobPrototypeStream, source);
+    return streamFromBlob(source);
   }
   const empty = source === null ||
     (typeof source === "string"
@@ -193,6 +197,45 @@ function streamFromStaticSource(inner) {
       inner.source = null;
       return PromiseResolve(undefined);
     },
+  );
+}
+
+/**
+ * A byte stream with the contents of a Blob, read in one go on first pull.
+ * (Blob.prototype.stream() would do, but it reads part by part and builds
+ * its stream from an object literal, which Object.prototype can affect.)
+ * @param {Blob} blob
+ * @returns {ReadableStream}
+ */
+function streamFromBlob(blob) {
+  if (FunctionPrototypeCall(BlobPrototypeGetSize, blob) === 0) {
+    return createReadableByteStream(
+      (controller) => readableByteStreamControllerClose(controller),
+      noop,
+      resolvedUndefined,
+    );
+  }
+  let pending = true;
+  return createReadableByteStream(
+    noop,
+    (controller) => {
+      if (!pending) return undefined;
+      pending = false;
+      return PromisePrototypeThen(
+        FunctionPrototypeCall(BlobPrototypeBytes, blob),
+        (bytes) => {
+          if (TypedArrayPrototypeGetByteLength(bytes) > 0) {
+            readableByteStreamControllerEnqueue(controller, bytes);
+          }
+          readableByteStreamControllerClose(controller);
+          // A BYOB read still waiting (nothing was enqueued) ends here.
+          if (FunctionPrototypeCall(ByteControllerGetBYOBRequest, controller) !== null) {
+            readableByteStreamControllerRespond(controller, 0);
+          }
+        },
+      );
+    },
+    resolvedUndefined,
   );
 }
 
@@ -317,9 +360,7 @@ function readBody(inner) {
     }
     // Blob
     if (thenIsHijacked()) {
-      return collectStreamGuarded(
-        FunctionPrototypeCall(BlobPrototypeStream, source),
-      );
+      return collectStreamGuarded(streamFromBlob(source));
     }
     return PromisePrototypeThen(
       FunctionPrototypeCall(BlobPrototypeBytes, source),
@@ -382,7 +423,7 @@ function takeBodyForEngine(inner) {
   const source = takeStaticSource(inner);
   if (source === null) return inner.stream;
   if (typeof source === "string" || isUint8Array(source)) return source;
-  return FunctionPrototypeCall(BlobPrototypeStream, source);
+  return streamFromBlob(source);
 }
 
 // ---------------------------------------------------------------------------
@@ -620,7 +661,7 @@ const EMPTY_BOX = { __proto__: null, v: "" };
  * @returns {Promise<{ v: string | Uint8Array }>}
  */
 function consumeBody(inner, prefix) {
-  if (inner === null) return PromiseResolve(EMPTY_BOX);
+  if (inner == null) return PromiseResolve(EMPTY_BOX);
   if (isBodyUnusable(inner)) {
     throw new TypeError(
       `${prefix}: Body is unusable: it has already been read or is locked`,
@@ -645,14 +686,14 @@ function mixinBody(klass, bodySymbol, headersSymbol) {
     get body() {
       webidl.assertBranded(this, prototype);
       const inner = this[bodySymbol];
-      if (inner === null) return null;
+      if (inner == null) return null;
       return getBodyStream(inner);
     },
 
     get bodyUsed() {
       webidl.assertBranded(this, prototype);
       const inner = this[bodySymbol];
-      return inner !== null && isBodyUsed(inner);
+      return inner != null && isBodyUsed(inner);
     },
 
     async arrayBuffer() {
@@ -666,7 +707,7 @@ function mixinBody(klass, bodySymbol, headersSymbol) {
       webidl.assertBranded(this, prototype);
       const prefix = `Failed to execute 'blob' on '${name}'`;
       const inner = this[bodySymbol];
-      if (inner !== null && !isBodyUnusable(inner)) {
+      if (inner != null && !isBodyUnusable(inner)) {
         const source = inner.source;
         if (
           source !== null && inner.stream === null &&
@@ -712,7 +753,7 @@ function mixinBody(klass, bodySymbol, headersSymbol) {
             );
           }
           const bytes = boxValueToBytes(box.v);
-          if (inner !== null && TypedArrayPrototypeGetByteLength(bytes) === 0) {
+          if (inner != null && TypedArrayPrototypeGetByteLength(bytes) === 0) {
             // What an empty FormData serializes to (see formDataToBlob).
             return formDataFromEntries([]);
           }
@@ -773,20 +814,11 @@ function mixinBody(klass, bodySymbol, headersSymbol) {
   ObjectDefineProperties(prototype, descriptors);
 }
 
-/**
- * Content-Type given by extraction, applied the way the Request and Response
- * constructors do: only when the header list has none.
- */
-function hasContentType(headers) {
-  return hasHeader(headers, "content-type");
-}
-
 export {
   cloneInnerBody,
   extractBody,
   extractMimeTypeFromHeaders,
   getBodyStream,
-  hasContentType,
   InnerBody,
   isBodyUnusable,
   isBodyUsed,

@@ -129,12 +129,29 @@ function normalizeMethod(method, prefix) {
 }
 
 /**
+ * The base for relative URLs: the location deno_web was given, if any, else
+ * a `location` global with a string `href` (what a test harness defines),
+ * read at call time. Undefined in a normal server isolate.
+ * @returns {string | undefined}
+ */
+function apiBaseURL() {
+  const href = getLocationHref();
+  if (href !== undefined) return href;
+  const location = globalThis.location;
+  if (location !== undefined && location !== null) {
+    const locationHref = location.href;
+    if (typeof locationHref === "string") return locationHref;
+  }
+  return undefined;
+}
+
+/**
  * Parses a URL against the API base URL (the location, if the engine set
  * one; otherwise relative URLs are an error).
  * @returns {URL}
  */
 function parseURL(input, prefix, what) {
-  const base = getLocationHref();
+  const base = apiBaseURL();
   try {
     return base === undefined ? new URL(input) : new URL(input, base);
   } catch {
@@ -158,9 +175,12 @@ function setRequestFields(request, method, url, headers, body, options, signal) 
   request[_method] = method;
   request[_url] = url;
   request[_headers] = headers;
-  request[_body] = body;
+  // Empty slots hold undefined, not null: libraries that spread a Request
+  // (itty-router's proxy calls `value.bind?.()` on every non-undefined
+  // property) must not trip over them.
+  request[_body] = body ?? undefined;
   request[_options] = options;
-  request[_signal] = signal;
+  request[_signal] = signal ?? undefined;
 }
 
 /**
@@ -170,7 +190,7 @@ function setRequestFields(request, method, url, headers, body, options, signal) 
  */
 function getRequestSignal(request) {
   let signal = request[_signal];
-  if (signal === null) {
+  if (signal == null) {
     signal = newSignal();
     request[_signal] = signal;
   }
@@ -309,7 +329,7 @@ class Request {
       replaceHeadersFrom(headers, init.headers, prefix);
     }
 
-    const inputBody = inputRequest === null ? null : inputRequest[_body];
+    const inputBody = inputRequest === null ? null : (inputRequest[_body] ?? null);
     const hasInitBody = init.body !== undefined && init.body !== null;
     if (
       (hasInitBody || inputBody !== null) &&
@@ -469,7 +489,7 @@ class Request {
   clone() {
     webidl.assertBranded(this, RequestPrototype);
     const prefix = "Failed to execute 'clone' on 'Request'";
-    const inner = this[_body];
+    const inner = this[_body] ?? null;
     if (inner !== null && isBodyUnusable(inner)) {
       throw new TypeError(
         `${prefix}: Body is unusable: it has already been read or is locked`,

@@ -20,6 +20,7 @@ const { Event, EventTarget, listenerCount } = event;
 const EventTargetPrototypeDispatchEvent = (target, ev) =>
   FunctionPrototypeCall(EventTarget.prototype.dispatchEvent, target, ev);
 const {
+  ReadableStreamPrototype,
   getReadableStreamResourceBacking,
   readableStreamForRid,
   resourceForReadableStream,
@@ -143,7 +144,7 @@ function respond(id, value) {
   const { status, headers, body } = parts;
   if (
     body !== null && typeof body === "object" &&
-    ObjectPrototypeIsPrototypeOf(globalThis.ReadableStream.prototype, body)
+    ObjectPrototypeIsPrototypeOf(ReadableStreamPrototype, body)
   ) {
     // A body that is a Rust resource already (a request body passed
     // through) is handed over as is; any other stream is pumped by Rust.

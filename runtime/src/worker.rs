@@ -215,32 +215,22 @@ impl Worker {
       isolate,
       inner: Box::pin(async move {
         let module_id = runtime.load_main_es_module(&specifier).await?;
-        // Service-worker syntax sees its bindings as globals from the start;
-        // which syntax a script uses is known only once it has been
-        // evaluated (reading a module's exports earlier loses its evaluation
-        // error), so module syntax has them removed again right after.
-        define_globals(runtime, bindings, true);
-        let evaluation = runtime.mod_evaluate(module_id);
-        {
-          // Top-level code is held to the same CPU limit as a request.
-          let handle = runtime.v8_isolate().thread_safe_handle();
-          let slice = cpu.begin(&handle, cpu_budget);
-          let result = runtime
-            .with_event_loop_future(evaluation, PollEventLoopOptions::default())
-            .await;
-          if slice.fired() {
-            anyhow::bail!("{}: top-level code exceeded the CPU limit", script.display());
-          }
-          if let Some(reason) = poison_at_load.0.take() {
-            anyhow::bail!("{}: {reason}", script.display());
-          }
-          result?;
+        // Service-worker syntax sees its bindings as globals from the start,
+        // module syntax never. Which one a script uses is certain only once
+        // it has been evaluated (reading a module's exports earlier loses its
+        // evaluation error), so guess from the source now and settle after.
+        let guessed_module = looks_like_module_syntax(script);
+        if !guessed_module {
+          define_globals(runtime, bindings, true);
         }
+        evaluate_with_limits(runtime, module_id, &cpu, cpu_budget, &poison_at_load)
+          .await
+          .with_context(|| format!("{}: top-level code", script.display()))?;
         loader.seal();
         let namespace = runtime.get_module_namespace(module_id)?;
         let module_syntax = exports_default(runtime, &namespace);
-        if module_syntax {
-          define_globals(runtime, bindings, false);
+        if module_syntax != guessed_module {
+          define_globals(runtime, bindings, !module_syntax);
         }
         if !set_handler_call(runtime, &set_handler, &namespace, bindings, module_syntax) {
           return Err(anyhow!(
@@ -619,8 +609,82 @@ fn bootstrap(runtime: &mut JsRuntime) -> anyhow::Result<[v8::Global<v8::Function
   Ok([get(0)?, get(1)?])
 }
 
-/// Whether an instantiated (not yet evaluated) module exports `default`:
-/// module syntax. Reading the export names does not evaluate anything.
+/// Evaluates a loaded module, driving the event loop until its top-level
+/// code (including top-level `await`) is done, under the worker's limits:
+/// each turn of JavaScript is a CPU slice, and a module whose evaluation can
+/// never finish (nothing pending) is an error, not a hang.
+async fn evaluate_with_limits(
+  runtime: &mut JsRuntime,
+  module_id: deno_core::ModuleId,
+  cpu: &CpuSlot,
+  budget: Duration,
+  poison: &Poison,
+) -> anyhow::Result<()> {
+  let handle = runtime.v8_isolate().thread_safe_handle();
+  let limit_hit = |fired: bool| -> Option<anyhow::Error> {
+    if fired {
+      return Some(anyhow!(
+        "exceeded the CPU time limit of {} ms",
+        budget.as_millis()
+      ));
+    }
+    poison.0.take().map(|reason| anyhow!("{reason}"))
+  };
+  let mut evaluation = {
+    let slice = cpu.begin(&handle, budget);
+    let evaluation = Box::pin(runtime.mod_evaluate(module_id));
+    if let Some(error) = limit_hit(slice.fired()) {
+      return Err(error);
+    }
+    evaluation
+  };
+  poll_fn(|cx| {
+    let slice = cpu.begin(&handle, budget);
+    let event_loop = runtime.poll_event_loop(cx, PollEventLoopOptions::default());
+    if let Some(error) = limit_hit(slice.fired()) {
+      return Poll::Ready(Err(error));
+    }
+    if let Poll::Ready(result) = evaluation.as_mut().poll(cx) {
+      return Poll::Ready(result.map_err(anyhow::Error::from));
+    }
+    match event_loop {
+      Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
+      Poll::Ready(Ok(())) => Poll::Ready(Err(anyhow!(
+        "never finished: it awaits something that can never settle"
+      ))),
+      Poll::Pending => Poll::Pending,
+    }
+  })
+  .await
+}
+
+/// A cheap look at the main module's source: does it seem to export a
+/// default (module syntax)? Only decides whether bindings are globals
+/// during top-level evaluation; the exports decide after it.
+fn looks_like_module_syntax(script: &Path) -> bool {
+  let Ok(source) = std::fs::read_to_string(script) else {
+    return false;
+  };
+  let bytes = source.as_bytes();
+  let word_at = |i: usize, word: &str| {
+    source[i..].starts_with(word)
+      && (i == 0 || !is_ident(bytes[i - 1]))
+      && bytes.get(i + word.len()).is_none_or(|&b| !is_ident(b))
+  };
+  source.match_indices("default").any(|(i, _)| {
+    if !word_at(i, "default") {
+      return false;
+    }
+    let before = source[..i].trim_end();
+    before.ends_with("export") || before.ends_with(" as")
+  })
+}
+
+fn is_ident(b: u8) -> bool {
+  b.is_ascii_alphanumeric() || b == b'_' || b == b'$'
+}
+
+/// Whether an instantiated module exports `default`: module syntax.
 fn exports_default(runtime: &mut JsRuntime, namespace: &v8::Global<v8::Object>) -> bool {
   deno_core::scope!(scope, runtime);
   let namespace = v8::Local::new(scope, namespace);

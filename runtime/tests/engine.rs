@@ -1,0 +1,1297 @@
+//! End-to-end tests of the isolate engine (issue 6): `runtime serve --config runtime.toml` with
+//! several workers, routing, vars and secrets, the CPU and memory limits, responses that can never
+//! come, eviction past `max_isolates`, per-request isolation, config errors, and the shorthand's
+//! limit flags. Each test starts the real binary on fixtures from `tests/fixtures/engine/` (port 0)
+//! and talks to it over HTTP on 127.0.0.1.
+//!
+//! Run with `cargo test -p runtime --test engine`. Every test has its own time limit, so a broken
+//! engine makes tests fail rather than hang; when a test fails, the server's stderr is printed.
+//! No timing assertions: the tests prove behaviour (limits fire, eviction restores, routes route)
+//! and order of events, with generous deadlines only so that nothing hangs.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_runtime");
+
+// ---------------------------------------------------------------------------------------------
+// Harness (a trimmed copy of the one in serve.rs, plus config files and environment)
+// ---------------------------------------------------------------------------------------------
+
+fn repo_root() -> PathBuf {
+  Path::new(env!("CARGO_MANIFEST_DIR"))
+    .parent()
+    .unwrap()
+    .to_path_buf()
+}
+
+/// `tests/fixtures/engine/<name>`.
+fn fixture(name: &str) -> PathBuf {
+  repo_root().join("tests/fixtures/engine").join(name)
+}
+
+/// Runs a test body with a time limit, so nothing hangs forever.
+async fn within<T>(secs: u64, f: impl Future<Output = T>) -> T {
+  match tokio::time::timeout(Duration::from_secs(secs), f).await {
+    Ok(v) => v,
+    Err(_) => panic!("test did not finish within {secs}s"),
+  }
+}
+
+/// Awaits `f`, panicking with `what` if it takes longer than `secs`.
+async fn deadline<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
+  match tokio::time::timeout(Duration::from_secs(secs), f).await {
+    Ok(v) => v,
+    Err(_) => panic!("timed out after {secs}s: {what}"),
+  }
+}
+
+type Buf = Arc<Mutex<Vec<u8>>>;
+
+fn text(buf: &Buf) -> String {
+  String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+}
+
+fn pump(mut r: impl Read + Send + 'static, buf: Buf) -> JoinHandle<()> {
+  std::thread::spawn(move || {
+    let mut chunk = [0u8; 8192];
+    loop {
+      match r.read(&mut chunk) {
+        Ok(0) | Err(_) => break,
+        Ok(n) => buf.lock().unwrap().extend_from_slice(&chunk[..n]),
+      }
+    }
+  })
+}
+
+/// A running `runtime serve` process. Killed on drop; its stderr is printed if the test failed.
+struct Server {
+  child: Child,
+  port: u16,
+  stderr: Buf,
+  exit: Option<ExitStatus>,
+}
+
+/// What `launch` saw: either the server is listening, or it exited before printing the line.
+enum Launch {
+  Listening(Server),
+  Exited { status: ExitStatus, stderr: String },
+}
+
+/// `runtime serve <args...>`, with the runtime's log filter at its default (an inherited
+/// `RUST_LOG` would change what the tests read in the log).
+fn serve_cmd(args: &[&str]) -> Command {
+  let mut cmd = Command::new(BIN);
+  cmd.arg("serve").args(args).env_remove("RUST_LOG");
+  cmd
+}
+
+/// `runtime serve --config <fixture> --port 0 --host 127.0.0.1 --threads <threads>`.
+fn config_cmd(config: &str, threads: usize) -> Command {
+  let path = fixture(config);
+  let threads = threads.to_string();
+  serve_cmd(&[
+    "--config",
+    path.to_str().unwrap(),
+    "--port",
+    "0",
+    "--host",
+    "127.0.0.1",
+    "--threads",
+    &threads,
+  ])
+}
+
+/// `runtime serve <fixture script> --port 0 --host 127.0.0.1 --threads 1 <extra...>`.
+fn shorthand_cmd(script: &str, extra: &[&str]) -> Command {
+  let path = fixture(script);
+  let mut args = vec![
+    path.to_str().unwrap(),
+    "--port",
+    "0",
+    "--host",
+    "127.0.0.1",
+    "--threads",
+    "1",
+  ];
+  args.extend_from_slice(extra);
+  serve_cmd(&args)
+}
+
+/// Starts `cmd` and waits (up to `secs`) for the exact `Listening on http://127.0.0.1:PORT/` line
+/// on stdout, or for the process to exit without it.
+fn launch_within(mut cmd: Command, secs: u64) -> Launch {
+  cmd
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+  let mut child = cmd.spawn().expect("failed to spawn the runtime binary");
+
+  let stderr: Buf = Arc::default();
+  let stderr_thread = pump(child.stderr.take().unwrap(), stderr.clone());
+
+  let (line_tx, line_rx) = mpsc::channel::<Option<String>>();
+  let stdout = child.stdout.take().unwrap();
+  let stdout_thread = std::thread::spawn(move || {
+    let mut reader = BufReader::new(stdout);
+    let mut first = String::new();
+    match reader.read_line(&mut first) {
+      Ok(n) if n > 0 => {
+        let _ = line_tx.send(Some(first));
+      }
+      _ => {
+        let _ = line_tx.send(None);
+        return;
+      }
+    }
+    // Keep draining stdout so the server never blocks on a full pipe.
+    let mut sink = Vec::new();
+    let _ = reader.read_to_end(&mut sink);
+  });
+
+  match line_rx.recv_timeout(Duration::from_secs(secs)) {
+    Ok(Some(line)) => {
+      let port = parse_listening_line(&line).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+          "first stdout line must be exactly `Listening on http://127.0.0.1:PORT/`, got {line:?}\n\
+           stderr:\n{}",
+          text(&stderr)
+        )
+      });
+      Launch::Listening(Server {
+        child,
+        port,
+        stderr,
+        exit: None,
+      })
+    }
+    Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+      // stdout closed without a line: the process should be exiting.
+      let start = Instant::now();
+      let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+          break status;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+          let _ = child.kill();
+          let _ = child.wait();
+          panic!(
+            "stdout closed without a Listening line but the process did not exit; stderr:\n{}",
+            text(&stderr)
+          );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+      };
+      let _ = stderr_thread.join();
+      let _ = stdout_thread.join();
+      Launch::Exited {
+        status,
+        stderr: text(&stderr),
+      }
+    }
+    Err(mpsc::RecvTimeoutError::Timeout) => {
+      let _ = child.kill();
+      let _ = child.wait();
+      panic!(
+        "neither a Listening line nor an exit within {secs}s; stderr:\n{}",
+        text(&stderr)
+      );
+    }
+  }
+}
+
+fn parse_listening_line(line: &str) -> Option<u16> {
+  let line = line.strip_suffix('\n')?;
+  let port = line
+    .strip_prefix("Listening on http://127.0.0.1:")?
+    .strip_suffix('/')?;
+  if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+    return None;
+  }
+  port.parse().ok().filter(|p| *p != 0)
+}
+
+/// Starts a server that must come up.
+fn serve(cmd: Command) -> Server {
+  let what = format!("{cmd:?}");
+  match launch_within(cmd, 60) {
+    Launch::Listening(s) => s,
+    Launch::Exited { status, stderr } => {
+      panic!("`{what}` exited ({status}) instead of listening; stderr:\n{stderr}")
+    }
+  }
+}
+
+/// Starts a server that must fail to come up (within `secs`); returns its stderr after checking
+/// the exit status is non-zero.
+fn serve_fails_within(cmd: Command, secs: u64) -> String {
+  let what = format!("{cmd:?}");
+  match launch_within(cmd, secs) {
+    Launch::Listening(s) => panic!("`{what}` should have failed but is listening on {}", s.port),
+    Launch::Exited { status, stderr } => {
+      assert!(
+        !status.success(),
+        "`{what}` must exit non-zero, got {status}; stderr:\n{stderr}"
+      );
+      stderr
+    }
+  }
+}
+
+fn serve_fails(cmd: Command) -> String {
+  serve_fails_within(cmd, 60)
+}
+
+impl Server {
+  fn url(&self, path: &str) -> String {
+    format!("http://127.0.0.1:{}{}", self.port, path)
+  }
+
+  fn stderr(&self) -> String {
+    text(&self.stderr)
+  }
+
+  /// Log lines that contain every one of `parts`.
+  fn log_lines_with(&self, parts: &[&str]) -> Vec<String> {
+    self
+      .stderr()
+      .lines()
+      .filter(|l| parts.iter().all(|p| l.contains(p)))
+      .map(str::to_string)
+      .collect()
+  }
+
+  /// Waits until the log has at least `n` lines containing every one of `parts`.
+  async fn wait_for_log_lines(&self, parts: &[&str], n: usize, secs: u64) {
+    let start = Instant::now();
+    while self.log_lines_with(parts).len() < n {
+      if start.elapsed() > Duration::from_secs(secs) {
+        panic!(
+          "the log did not get {n} line(s) containing all of {parts:?} within {secs}s (has {})",
+          self.log_lines_with(parts).len()
+        );
+      }
+      tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+  }
+
+  /// Sends a signal (`TERM`, `INT`) with the `kill` command.
+  fn signal(&self, sig: &str) {
+    let status = Command::new("kill")
+      .arg(format!("-{sig}"))
+      .arg(self.child.id().to_string())
+      .status()
+      .unwrap();
+    assert!(status.success(), "kill -{sig} failed");
+  }
+
+  /// Waits for the process to exit; `None` if it is still running after `secs`.
+  async fn wait_exit(&mut self, secs: u64) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+      if let Some(status) = self.child.try_wait().unwrap() {
+        self.exit = Some(status);
+        return Some(status);
+      }
+      if start.elapsed() > Duration::from_secs(secs) {
+        return None;
+      }
+      tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+  }
+
+  /// The process is still running (it did not crash).
+  fn assert_alive(&mut self) {
+    if let Some(status) = self.child.try_wait().unwrap() {
+      self.exit = Some(status);
+      panic!("the server exited unexpectedly: {status}");
+    }
+  }
+
+  /// SIGTERM, then a clean exit with status 0 (no crash on the way out).
+  async fn stop_cleanly(&mut self) {
+    self.assert_alive();
+    self.signal("TERM");
+    let exit = self
+      .wait_exit(20)
+      .await
+      .expect("server did not exit within 20s of SIGTERM");
+    assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
+  }
+}
+
+impl Drop for Server {
+  fn drop(&mut self) {
+    if self.exit.is_none() {
+      let _ = self.child.kill();
+      let _ = self.child.wait();
+    }
+    if std::thread::panicking() {
+      eprintln!(
+        "----- server stderr -----\n{}\n-------------------------",
+        self.stderr()
+      );
+    }
+  }
+}
+
+/// A client with its own connection pool (a fresh client means a fresh connection).
+fn client() -> reqwest::Client {
+  reqwest::Client::builder()
+    .no_proxy()
+    .redirect(reqwest::redirect::Policy::none())
+    .timeout(Duration::from_secs(60))
+    .build()
+    .unwrap()
+}
+
+/// GET `path` with the given Host header (HTTP/1.1); returns (status, body).
+async fn get_host(c: &reqwest::Client, srv: &Server, host: &str, path: &str) -> (u16, String) {
+  get_url(c, &srv.url(path), host).await
+}
+
+/// GET `url` with the given Host header (HTTP/1.1); returns (status, body).
+async fn get_url(c: &reqwest::Client, url: &str, host: &str) -> (u16, String) {
+  let r = c
+    .get(url)
+    .header("host", host)
+    .send()
+    .await
+    .unwrap_or_else(|e| panic!("GET {url} (Host: {host}) failed: {e}"));
+  let status = r.status().as_u16();
+  (status, r.text().await.unwrap())
+}
+
+/// GET `path` with the given Host header; the body must be JSON.
+async fn get_json(c: &reqwest::Client, srv: &Server, host: &str, path: &str) -> (u16, Value) {
+  let (status, body) = get_host(c, srv, host, path).await;
+  let v = serde_json::from_str(&body).unwrap_or_else(|e| {
+    panic!("GET {path} (Host: {host}): {status}, body is not JSON ({e}): {body:?}")
+  });
+  (status, v)
+}
+
+/// GET on a worker whose answer is `{"count": N, ...}`; returns N (status must be 200).
+async fn count(c: &reqwest::Client, srv: &Server, host: &str, path: &str) -> u64 {
+  let (status, v) = get_json(c, srv, host, path).await;
+  assert_eq!(status, 200, "GET {path} (Host: {host}): {v}");
+  v["count"]
+    .as_u64()
+    .unwrap_or_else(|| panic!("GET {path} (Host: {host}): no count in {v}"))
+}
+
+/// A fresh scratch directory for config files written by a test.
+fn scratch_dir(name: &str) -> PathBuf {
+  let dir = std::env::temp_dir().join(format!("runtime-engine-{}-{name}", std::process::id()));
+  let _ = std::fs::remove_dir_all(&dir);
+  std::fs::create_dir_all(&dir).unwrap();
+  dir
+}
+
+/// Writes `runtime.toml` with `toml` into a scratch directory that also holds `ok.js` (a valid
+/// worker) and `bad.js` (a syntax error on line 4, column 9); returns the config's path.
+fn scratch_config(name: &str, toml: &str) -> PathBuf {
+  let dir = scratch_dir(name);
+  std::fs::copy(fixture("whoami.js"), dir.join("ok.js")).unwrap();
+  std::fs::copy(fixture("syntax-error.js"), dir.join("bad.js")).unwrap();
+  let path = dir.join("runtime.toml");
+  std::fs::write(&path, toml).unwrap();
+  path
+}
+
+fn scratch_config_cmd(path: &Path) -> Command {
+  serve_cmd(&[
+    "--config",
+    path.to_str().unwrap(),
+    "--port",
+    "0",
+    "--host",
+    "127.0.0.1",
+    "--threads",
+    "1",
+  ])
+}
+
+const CPU_LIMIT_50: &str = "exceeded its CPU time limit of 50 ms";
+
+// ---------------------------------------------------------------------------------------------
+// CPU time limit
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_limit_stops_a_synchronous_loop_and_recycles_the_isolate() {
+  within(60, async {
+    // One thread: "other" lives in the same pool (and on the same thread) as the looper.
+    let mut srv = serve(config_cmd("limits.toml", 1));
+    let c = client();
+    assert_eq!(count(&c, &srv, "other.test", "/").await, 1);
+    assert_eq!(count(&c, &srv, "looper.test", "/count").await, 1);
+    assert_eq!(count(&c, &srv, "looper.test", "/count").await, 2);
+
+    let (status, body) = deadline(20, "GET /spin (for(;;){} in the handler)", async {
+      get_host(&c, &srv, "looper.test", "/spin").await
+    })
+    .await;
+    assert_eq!(status, 503, "a handler stuck in for(;;){{}}: {body:?}");
+    srv
+      .wait_for_log_lines(&["looper", CPU_LIMIT_50], 1, 10)
+      .await;
+
+    // A new isolate: module state starts anew, and it serves normally.
+    assert_eq!(count(&c, &srv, "looper.test", "/count").await, 1);
+    assert_eq!(count(&c, &srv, "looper.test", "/count").await, 2);
+    // The other worker's isolate on the same thread was untouched.
+    assert_eq!(count(&c, &srv, "other.test", "/").await, 2);
+    assert!(
+      srv.log_lines_with(&["other", "exceeded"]).is_empty(),
+      "only the looping worker may be stopped"
+    );
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_limit_stops_a_loop_after_an_await() {
+  within(60, async {
+    let mut srv = serve(config_cmd("limits.toml", 1));
+    let c = client();
+    let mut stopped = 0;
+    for path in ["/spin-after-await", "/spin-after-microtask"] {
+      assert_eq!(count(&c, &srv, "looper.test", "/count").await, 1);
+      assert_eq!(count(&c, &srv, "looper.test", "/count").await, 2);
+      let (status, body) = deadline(20, path, get_host(&c, &srv, "looper.test", path)).await;
+      assert_eq!(status, 503, "GET {path}: {body:?}");
+      stopped += 1;
+      srv
+        .wait_for_log_lines(&["looper", CPU_LIMIT_50], stopped, 10)
+        .await;
+      // Recycled: the counter starts again.
+      assert_eq!(
+        count(&c, &srv, "looper.test", "/count").await,
+        1,
+        "after {path}"
+      );
+      // Make the next round start from a fresh isolate too.
+      let (status, _) = get_host(&c, &srv, "looper.test", "/spin").await;
+      assert_eq!(status, 503);
+      stopped += 1;
+      srv
+        .wait_for_log_lines(&["looper", CPU_LIMIT_50], stopped, 10)
+        .await;
+    }
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_worker_is_served_while_one_loops() {
+  within(60, async {
+    // Two threads: the looping request blocks one of them for ~3 s of CPU time. Connections are
+    // spread over the threads by the kernel (SO_REUSEPORT), so the test opens many connections to
+    // the other worker: those that land on the free thread must be answered while the loop runs.
+    let mut srv = serve(config_cmd("limits.toml", 2));
+    let events: Arc<Mutex<Vec<String>>> = Arc::default();
+
+    let looper = {
+      let url = srv.url("/spin");
+      let events = events.clone();
+      tokio::spawn(async move {
+        let (status, _) = get_url(&client(), &url, "long.test").await;
+        events.lock().unwrap().push(format!("looper {status}"));
+        status
+      })
+    };
+    srv.wait_for_log_lines(&["spin-started"], 1, 20).await;
+
+    let (first_tx, mut first_rx) = tokio::sync::mpsc::unbounded_channel::<(u16, bool)>();
+    let mut others = Vec::new();
+    for _ in 0..16 {
+      let url = srv.url("/");
+      let log = srv.stderr.clone();
+      let events = events.clone();
+      let first_tx = first_tx.clone();
+      others.push(tokio::spawn(async move {
+        // A fresh client: a connection of its own.
+        let (status, body) = get_url(&client(), &url, "other.test").await;
+        // Whether the looper had been stopped when this answer arrived.
+        let looper_stopped = text(&log).contains("\"long-looper\" exceeded");
+        events.lock().unwrap().push(format!("other {status}"));
+        let _ = first_tx.send((status, looper_stopped));
+        (status, body)
+      }));
+    }
+    drop(first_tx);
+
+    let (status, looper_stopped) = deadline(30, "first answer from the other worker", async {
+      first_rx
+        .recv()
+        .await
+        .expect("no answer from the other worker")
+    })
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+      !looper_stopped,
+      "the other worker's first answer came only after the looper was stopped; events: {:?}",
+      events.lock().unwrap()
+    );
+    {
+      let events = events.lock().unwrap();
+      assert!(
+        events.first().is_some_and(|e| e.starts_with("other")),
+        "the other worker must answer before the looping request ends; events: {events:?}"
+      );
+    }
+
+    let looper_status = deadline(30, "the looping request", looper).await.unwrap();
+    assert_eq!(looper_status, 503);
+    srv
+      .wait_for_log_lines(
+        &["long-looper", "exceeded its CPU time limit of 3000 ms"],
+        1,
+        10,
+      )
+      .await;
+    // Requests that landed on the blocked thread were served once it was free again.
+    for other in others {
+      let (status, body) = deadline(30, "other worker request", other).await.unwrap();
+      assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = get_host(&client(), &srv, "long.test", "/hello").await;
+    assert_eq!((status, body.as_str()), (200, "hello from ?"));
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory limit
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_stops_a_runaway_allocation_and_recycles_the_isolate() {
+  within(60, async {
+    let mut srv = serve(config_cmd("limits.toml", 1));
+    let c = client();
+    let limit = ["hog", "exceeded its memory limit of 64 MiB"];
+    let (status, body) = get_host(&c, &srv, "hog.test", "/small").await;
+    assert_eq!(
+      (status, body.as_str()),
+      (200, "held 4 arrays"),
+      "a few MiB are fine"
+    );
+    let mut stopped = 0;
+    for path in ["/arrays", "/strings"] {
+      assert_eq!(count(&c, &srv, "hog.test", "/count").await, 1);
+      assert_eq!(count(&c, &srv, "hog.test", "/count").await, 2);
+      let (status, body) = deadline(30, path, get_host(&c, &srv, "hog.test", path)).await;
+      assert_eq!(status, 503, "GET {path} with a 64 MiB heap: {body:?}");
+      stopped += 1;
+      srv.wait_for_log_lines(&limit, stopped, 10).await;
+      srv.assert_alive();
+      assert_eq!(
+        count(&c, &srv, "hog.test", "/count").await,
+        1,
+        "after {path}"
+      );
+      let (status, body) = get_host(&c, &srv, "hog.test", "/small").await;
+      assert_eq!(
+        (status, body.as_str()),
+        (200, "held 4 arrays"),
+        "after {path}"
+      );
+      // Start the next round from a fresh isolate.
+      let (status, _) = get_host(&c, &srv, "hog.test", "/arrays").await;
+      assert_eq!(status, 503);
+      stopped += 1;
+      srv.wait_for_log_lines(&limit, stopped, 10).await;
+    }
+    // Other workers are unaffected.
+    assert_eq!(count(&c, &srv, "other.test", "/").await, 1);
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+/// Issue 6: "Heap per isolate (128 MiB), ArrayBuffer memory counted too". The fixture holds 512
+/// ArrayBuffers of 1 MiB (untouched, so the process's RSS barely grows if nothing stops it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_counts_array_buffers() {
+  within(60, async {
+    let mut srv = serve(config_cmd("limits.toml", 1));
+    let c = client();
+    let (status, body) = deadline(
+      30,
+      "GET /buffers",
+      get_host(&c, &srv, "hog.test", "/buffers"),
+    )
+    .await;
+    assert_eq!(
+      status, 503,
+      "512 MiB of ArrayBuffers under a 64 MiB memory limit must be stopped; got {body:?}"
+    );
+    srv
+      .wait_for_log_lines(&["hog", "exceeded its memory limit of 64 MiB"], 1, 10)
+      .await;
+    assert_eq!(count(&c, &srv, "hog.test", "/count").await, 1);
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses that can never come
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promise_that_never_settles_is_a_500_not_a_hang() {
+  within(60, async {
+    let mut srv = serve(config_cmd("limits.toml", 1));
+    let c = client();
+    let mut seen = 0;
+    for path in ["/never", "/never-after-timer"] {
+      // Far below the 30 s wall-clock limit: the engine knows nothing can settle it.
+      let (status, body) = deadline(10, path, get_host(&c, &srv, "never.test", path)).await;
+      assert_eq!(status, 500, "GET {path}: {body:?}");
+      seen += 1;
+      srv
+        .wait_for_log_lines(&["never", "will never generate a response"], seen, 10)
+        .await;
+      let (status, body) = get_host(&c, &srv, "never.test", "/ok").await;
+      assert_eq!((status, body.as_str()), (200, "ok"), "after {path}");
+    }
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_and_path_and_the_most_specific_pattern_wins() {
+  within(60, async {
+    let mut srv = serve(config_cmd("routing.toml", 2));
+    let c = client();
+    let cases: &[(&str, &str, Option<&str>)] = &[
+      // Host patterns; the port and the case of the Host header do not matter.
+      ("api.example.com", "/", Some("api")),
+      ("api.example.com", "/users/7", Some("api")),
+      ("API.Example.COM:8443", "/x", Some("api")),
+      ("api.example.com:80", "/x", Some("api")),
+      // Path pattern on any host.
+      ("other.org", "/v1/users", Some("api")),
+      ("127.0.0.1", "/v1/", Some("api")),
+      // The most specific pattern wins over both of api's.
+      ("api.example.com", "/v1/admin/users", Some("admin")),
+      ("api.example.com:1234", "/v1/admin/", Some("admin")),
+      ("other.org", "/v1/admin/users", Some("api")),
+      // Wildcard subdomains (but not the bare domain).
+      ("a.example.org", "/", Some("sub")),
+      ("a.b.example.org", "/deep/path", Some("sub")),
+      ("example.org", "/", None),
+      // An exact path.
+      ("example.net", "/hello", Some("exact")),
+      ("example.net", "/hello/x", None),
+      ("example.net", "/", None),
+      // "*/static/*" on any host, but api.example.com/* has more literal characters.
+      ("anything.test", "/static/app.js", Some("static")),
+      ("api.example.com", "/static/app.js", Some("api")),
+      // Nothing matches.
+      ("unknown.test", "/", None),
+      ("example.com", "/", None),
+    ];
+    for &(host, path, expected) in cases {
+      let (status, body) = get_host(&c, &srv, host, path).await;
+      match expected {
+        Some(worker) => assert_eq!(
+          (status, body.as_str()),
+          (200, format!("{worker} {path}").as_str()),
+          "Host: {host}, path {path}"
+        ),
+        None => {
+          assert_eq!(status, 404, "Host: {host}, path {path}: {body:?}");
+          assert!(
+            !body.is_empty() && body.len() < 200,
+            "a 404 has a short body, got {body:?}"
+          );
+        }
+      }
+    }
+
+    // HTTP/2: the :authority is the host (127.0.0.1:PORT here).
+    let h2 = reqwest::Client::builder()
+      .no_proxy()
+      .http2_prior_knowledge()
+      .timeout(Duration::from_secs(30))
+      .build()
+      .unwrap();
+    for (path, expected) in [
+      ("/v1/x", Some("api")),
+      ("/static/x", Some("static")),
+      ("/", None),
+    ] {
+      let r = h2.get(srv.url(path)).send().await.unwrap();
+      assert_eq!(r.version(), reqwest::Version::HTTP_2);
+      let status = r.status().as_u16();
+      let body = r.text().await.unwrap();
+      match expected {
+        Some(worker) => assert_eq!((status, body), (200, format!("{worker} {path}"))),
+        None => assert_eq!(status, 404, "h2 {path}: {body:?}"),
+      }
+    }
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_worker_without_routes_gets_every_request() {
+  within(60, async {
+    // A relative config path from the repository root; the script is relative to the config.
+    let mut cmd = serve_cmd(&[
+      "--config",
+      "tests/fixtures/engine/lone.toml",
+      "--port",
+      "0",
+      "--host",
+      "127.0.0.1",
+      "--threads",
+      "1",
+    ]);
+    cmd.current_dir(repo_root());
+    let mut srv = serve(cmd);
+    let c = client();
+    for (host, path) in [
+      ("example.com", "/"),
+      ("127.0.0.1", "/a/b?c=d"),
+      ("x.y.z:99", "/v1/"),
+    ] {
+      let (status, body) = get_host(&c, &srv, host, path).await;
+      let expected_path = path.split('?').next().unwrap();
+      assert_eq!(
+        (status, body),
+        (200, format!("lone {expected_path}")),
+        "Host: {host}"
+      );
+    }
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// vars and secrets
+// ---------------------------------------------------------------------------------------------
+
+fn unique_secret() -> String {
+  let nanos = std::time::SystemTime::now()
+    .duration_since(std::time::UNIX_EPOCH)
+    .unwrap()
+    .as_nanos();
+  format!("s3cr3t-{}-{nanos}", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vars_and_secrets_reach_both_syntaxes_and_secrets_are_never_logged() {
+  within(60, async {
+    let secret = unique_secret();
+    let mut cmd = config_cmd("env.toml", 2);
+    cmd.env("ENGINE_TEST_TOKEN", &secret);
+    // Everything the runtime logs, at every level.
+    cmd.env("RUST_LOG", "trace");
+    let mut srv = serve(cmd);
+    let c = client();
+
+    // Module syntax: `env`, not globals.
+    let (status, v) = get_json(&c, &srv, "module.test", "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+      v["env"],
+      json!({ "GREETING": "hello", "ENGINE_TEST_TOKEN": secret })
+    );
+    assert_eq!(
+      v["globals"],
+      json!({ "GREETING": "undefined", "ENGINE_TEST_TOKEN": "undefined" }),
+      "module syntax must not see vars or secrets as globals in its handler"
+    );
+
+    // Service-worker syntax: globals, from the top-level code on.
+    let (status, v) = get_json(&c, &srv, "sw.test", "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+      v,
+      json!({ "GREETING": "hello", "ENGINE_TEST_TOKEN": secret, "topLevel": "hello" })
+    );
+
+    srv.stop_cleanly().await;
+    let log = srv.stderr();
+    assert!(log.contains("env-module loaded"), "the log was captured");
+    assert!(
+      !log.contains(&secret),
+      "the secret's value appears in the server log"
+    );
+  })
+  .await;
+}
+
+/// In Workers, a module-syntax script has no binding globals at all, so its top-level code cannot
+/// read them either (env.toml's module worker records `typeof GREETING` at evaluation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_syntax_top_level_code_does_not_see_bindings_as_globals() {
+  within(60, async {
+    let mut cmd = config_cmd("env.toml", 1);
+    cmd.env("ENGINE_TEST_TOKEN", unique_secret());
+    let mut srv = serve(cmd);
+    let (status, v) = get_json(&client(), &srv, "module.test", "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+      v["topLevel"],
+      json!({ "GREETING": "undefined", "ENGINE_TEST_TOKEN": "undefined" }),
+      "module-syntax top-level code saw vars/secrets as globals"
+    );
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Eviction past max_isolates
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_past_max_isolates_recreates_workers_in_any_order() {
+  within(60, async {
+    // max_isolates = 2 and one thread: one pool holds at most two of A, B, C (C is written in
+    // service-worker syntax). Each answers with its isolate's request count.
+    let mut srv = serve(config_cmd("eviction.toml", 1));
+    let c = client();
+    let mut step = 0;
+    let mut expect = |worker: &'static str, n: u64| {
+      step += 1;
+      (step, worker, n)
+    };
+    let plan = [
+      expect("a", 1), // live: A
+      expect("b", 1), // live: A B
+      expect("a", 2), // A is now the most recently used
+      // C evicts B, the least recently used: the most recently *created* isolate goes first.
+      expect("c", 1), // live: A C
+      expect("a", 3), // A kept its isolate
+      // B comes back as a new isolate; C (LRU) is evicted.
+      expect("b", 1), // live: A B
+      // C evicts A: the *oldest* isolate goes while a newer one (B) stays.
+      expect("c", 1), // live: B C
+      expect("b", 2),
+      expect("a", 1), // re-created; evicts C
+      expect("b", 3),
+      expect("a", 2),
+    ];
+    for (step, worker, n) in plan {
+      let host = format!("{worker}.test");
+      let (status, v) = get_json(&c, &srv, &host, "/").await;
+      assert_eq!(status, 200, "step {step} ({worker}): {v}");
+      assert_eq!(
+        v["name"],
+        json!(worker.to_uppercase()),
+        "step {step}: routed to the wrong worker: {v}"
+      );
+      assert_eq!(v["count"], json!(n), "step {step} ({worker}): {v}");
+    }
+
+    // Churn, oldest first: cycling through three workers with room for two evicts the least
+    // recently used, which is also the oldest isolate, on every request; from the third request
+    // on, each one gets a brand new isolate.
+    let c_a_b = ["c", "a", "b"];
+    for (i, worker) in c_a_b.iter().cycle().take(12).enumerate() {
+      let (status, v) = get_json(&c, &srv, &format!("{worker}.test"), "/").await;
+      assert_eq!(status, 200, "cycle #{i} ({worker}): {v}");
+      assert_eq!(v["name"], json!(worker.to_uppercase()), "cycle #{i}: {v}");
+      if i >= 2 {
+        assert_eq!(v["count"], json!(1), "cycle #{i} ({worker}): {v}");
+      }
+    }
+    // Churn, newest first: live are A (older) and B (newer). A stays warm while C and B evict
+    // each other, each time the most recently created isolate.
+    let mut a_count = 1;
+    for round in 0..4 {
+      for worker in ["a", "c", "a", "b"] {
+        let (status, v) = get_json(&c, &srv, &format!("{worker}.test"), "/").await;
+        assert_eq!(status, 200, "round {round} ({worker}): {v}");
+        assert_eq!(
+          v["name"],
+          json!(worker.to_uppercase()),
+          "round {round}: {v}"
+        );
+        let expected = if worker == "a" {
+          a_count += 1;
+          a_count
+        } else {
+          1
+        };
+        assert_eq!(v["count"], json!(expected), "round {round} ({worker}): {v}");
+      }
+    }
+    srv.assert_alive();
+    srv.stop_cleanly().await;
+    assert!(
+      !srv.stderr().contains("panicked"),
+      "the server panicked:\n{}",
+      srv.stderr()
+    );
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// isolation = "request"
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_request_carries_nothing_over() {
+  within(60, async {
+    let mut srv = serve(config_cmd("isolation.toml", 1));
+    let c = client();
+    for host in ["fresh.test", "fresh-sw.test"] {
+      for i in 0..3 {
+        let (status, v) = get_json(&c, &srv, host, "/set").await;
+        assert_eq!(status, 200);
+        assert_eq!(
+          v["count"],
+          json!(1),
+          "{host} /set #{i}: module state must start anew: {v}"
+        );
+        assert_eq!(v["marker"], Value::Null, "{host} /set #{i}: {v}");
+        let (status, v) = get_json(&c, &srv, host, "/").await;
+        assert_eq!(status, 200);
+        assert_eq!(v["count"], json!(1), "{host} #{i}: {v}");
+        assert_eq!(
+          v["marker"],
+          Value::Null,
+          "{host} #{i}: a global set by the previous request is visible: {v}"
+        );
+      }
+    }
+    // The bindings still reach a fresh isolate.
+    let (_, v) = get_json(&c, &srv, "fresh-sw.test", "/").await;
+    assert_eq!(v["name"], json!("fresh-sw"));
+    let (_, v) = get_json(&c, &srv, "fresh.test", "/").await;
+    assert_eq!(v["name"], json!("fresh"));
+
+    // Contrast: the default isolation keeps the isolate warm.
+    let (_, v) = get_json(&c, &srv, "warm.test", "/set").await;
+    assert_eq!(
+      (v["count"].clone(), v["marker"].clone()),
+      (json!(1), Value::Null)
+    );
+    let (_, v) = get_json(&c, &srv, "warm.test", "/").await;
+    assert_eq!(
+      (v["count"].clone(), v["marker"].clone()),
+      (json!(2), json!("set"))
+    );
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config errors: nothing half-starts
+// ---------------------------------------------------------------------------------------------
+
+/// Starts a config that must fail; its error must mention every one of `needles`.
+fn config_fails(name: &str, toml: &str, needles: &[&str]) {
+  let path = scratch_config(name, toml);
+  let stderr = serve_fails(scratch_config_cmd(&path));
+  for needle in needles {
+    assert!(
+      stderr.contains(needle),
+      "config {name}: the error must mention {needle:?}; stderr:\n{stderr}\nconfig:\n{toml}"
+    );
+  }
+  let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+const OK_WORKER: &str = "[[workers]]\nname = \"a\"\nmain = \"ok.js\"\n";
+
+#[test]
+fn config_unknown_keys_are_errors_that_name_the_key() {
+  config_fails(
+    "unknown-worker-key",
+    &format!("{OK_WORKER}cpu_limit = 3\n"),
+    &["cpu_limit"],
+  );
+  config_fails(
+    "unknown-engine-key",
+    &format!("[engine]\nmax_isolate = 3\n{OK_WORKER}"),
+    &["max_isolate"],
+  );
+  config_fails(
+    "unknown-section",
+    &format!("[serverr]\nlisten = \"127.0.0.1:1\"\n{OK_WORKER}"),
+    &["serverr"],
+  );
+  config_fails(
+    "unknown-limit",
+    &format!("{OK_WORKER}limits = {{ cpu_msec = 3 }}\n"),
+    &["cpu_msec"],
+  );
+}
+
+#[test]
+fn config_wrong_types_are_errors_that_name_the_key() {
+  config_fails(
+    "wrong-type-engine",
+    &format!("[engine]\nmax_isolates = \"many\"\n{OK_WORKER}"),
+    &["max_isolates", "many"],
+  );
+  config_fails(
+    "wrong-type-limit",
+    &format!("{OK_WORKER}limits = {{ cpu_ms = \"fast\" }}\n"),
+    &["cpu_ms", "fast"],
+  );
+  config_fails(
+    "wrong-type-routes",
+    &format!("{OK_WORKER}routes = \"*/*\"\n"),
+    &["routes"],
+  );
+  config_fails(
+    "wrong-isolation",
+    &format!("{OK_WORKER}isolation = \"process\"\n"),
+    &["isolation", "process"],
+  );
+  config_fails("missing-main", "[[workers]]\nname = \"a\"\n", &["main"]);
+}
+
+#[test]
+fn config_missing_files_are_named() {
+  config_fails(
+    "missing-script",
+    "[[workers]]\nname = \"a\"\nmain = \"workers/nope.js\"\n",
+    &["workers/nope.js"],
+  );
+  let stderr = serve_fails(serve_cmd(&[
+    "--config",
+    "/nonexistent/runtime-engine-test.toml",
+    "--port",
+    "0",
+  ]));
+  assert!(
+    stderr.contains("/nonexistent/runtime-engine-test.toml"),
+    "{stderr}"
+  );
+}
+
+#[test]
+fn config_unset_secret_is_named() {
+  let path = scratch_config(
+    "unset-secret",
+    &format!("{OK_WORKER}secrets = [\"ENGINE_TEST_UNSET_SECRET\"]\n"),
+  );
+  let mut cmd = scratch_config_cmd(&path);
+  cmd.env_remove("ENGINE_TEST_UNSET_SECRET");
+  let stderr = serve_fails(cmd);
+  assert!(stderr.contains("ENGINE_TEST_UNSET_SECRET"), "{stderr}");
+  let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[test]
+fn config_duplicate_worker_names_are_errors() {
+  config_fails(
+    "duplicate-name",
+    &format!("{OK_WORKER}routes = [\"x.test/*\"]\n{OK_WORKER}routes = [\"y.test/*\"]\n"),
+    &["duplicate", "(a)"],
+  );
+}
+
+#[test]
+fn config_syntax_error_in_a_worker_names_file_line_and_column() {
+  // Only the second worker is broken: nothing may start.
+  config_fails(
+    "syntax-error",
+    &format!("{OK_WORKER}routes = [\"x.test/*\"]\n[[workers]]\nname = \"b\"\nmain = \"bad.js\"\n"),
+    &["bad.js:4:9", "SyntaxError"],
+  );
+  // The shorthand too.
+  let stderr = serve_fails(shorthand_cmd("syntax-error.js", &[]));
+  assert!(stderr.contains("engine/syntax-error.js:4:9"), "{stderr}");
+}
+
+/// Top-level code is held to the CPU limit too (worker.rs says so): a script whose evaluation
+/// never ends must fail start-up (naming the script), not hang it. Three scripts, started at
+/// once: a synchronous loop, a loop after `await null`, and a loop after awaiting a timer.
+#[test]
+fn a_worker_whose_top_level_code_never_finishes_fails_start_up() {
+  let scripts = [
+    "top-level-loop.js",
+    "top-level-loop-after-microtask.js",
+    "top-level-loop-after-timer.js",
+  ];
+  let runs: Vec<_> = scripts
+    .iter()
+    .map(|&script| {
+      std::thread::spawn(move || {
+        let stderr = serve_fails_within(shorthand_cmd(script, &[]), 15);
+        assert!(stderr.contains(script), "{script}: {stderr}");
+      })
+    })
+    .collect();
+  let failures: Vec<String> = scripts
+    .iter()
+    .zip(runs)
+    .filter_map(|(script, run)| {
+      run.join().err().map(|panic| {
+        let message = panic
+          .downcast_ref::<String>()
+          .cloned()
+          .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+          .unwrap_or_default();
+        format!("{script}: {message}")
+      })
+    })
+    .collect();
+  assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shorthand's flags
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shorthand_cpu_limit_flag() {
+  within(60, async {
+    // A 25 ms busy loop (wall clock, so at most 25 ms of CPU) fits the default 50 ms...
+    let mut srv = serve(shorthand_cmd("looper.js", &[]));
+    let c = client();
+    for _ in 0..3 {
+      let (status, body) = get_host(&c, &srv, "localhost", "/busy?ms=25").await;
+      assert_eq!((status, body.as_str()), (200, "busy 25"));
+    }
+    srv.stop_cleanly().await;
+
+    // ...but not 5 ms.
+    let mut srv = serve(shorthand_cmd("looper.js", &["--cpu-limit", "5"]));
+    let (status, body) = get_host(&c, &srv, "localhost", "/busy?ms=25").await;
+    assert_eq!(status, 503, "{body:?}");
+    // The shorthand's worker is named after its file.
+    srv
+      .wait_for_log_lines(&["looper.js", "exceeded its CPU time limit of 5 ms"], 1, 10)
+      .await;
+    let (status, body) = get_host(&c, &srv, "localhost", "/hello").await;
+    assert_eq!((status, body.as_str()), (200, "hello from ?"));
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shorthand_memory_limit_flag() {
+  within(60, async {
+    let mut srv = serve(shorthand_cmd("hog.js", &["--memory-limit", "32"]));
+    let c = client();
+    let (status, body) = get_host(&c, &srv, "localhost", "/arrays").await;
+    assert_eq!(status, 503, "{body:?}");
+    srv
+      .wait_for_log_lines(&["hog.js", "exceeded its memory limit of 32 MiB"], 1, 10)
+      .await;
+    assert_eq!(count(&c, &srv, "localhost", "/count").await, 1);
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shorthand_isolation_flag() {
+  within(60, async {
+    let c = client();
+    // Default: one warm isolate (one thread).
+    let mut srv = serve(shorthand_cmd("counter.js", &[]));
+    let (_, v) = get_json(&c, &srv, "localhost", "/set").await;
+    assert_eq!(
+      (v["count"].clone(), v["marker"].clone()),
+      (json!(1), Value::Null)
+    );
+    let (_, v) = get_json(&c, &srv, "localhost", "/").await;
+    assert_eq!(
+      (v["count"].clone(), v["marker"].clone()),
+      (json!(2), json!("set"))
+    );
+    srv.stop_cleanly().await;
+
+    let mut srv = serve(shorthand_cmd("counter.js", &["--isolation", "request"]));
+    for i in 0..3 {
+      let (_, v) = get_json(&c, &srv, "localhost", "/set").await;
+      assert_eq!(
+        (v["count"].clone(), v["marker"].clone()),
+        (json!(1), Value::Null),
+        "#{i}"
+      );
+      let (_, v) = get_json(&c, &srv, "localhost", "/").await;
+      assert_eq!(
+        (v["count"].clone(), v["marker"].clone()),
+        (json!(1), Value::Null),
+        "#{i}"
+      );
+    }
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graceful shutdown
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_several_workers_finishes_requests_in_flight_then_exits_0() {
+  within(60, async {
+    let mut srv = serve(config_cmd("routing.toml", 2));
+    let c = client();
+    // Several warm workers.
+    for (host, path) in [("a.example.org", "/"), ("example.net", "/hello")] {
+      let (status, _) = get_host(&c, &srv, host, path).await;
+      assert_eq!(status, 200);
+    }
+    let slow = |url: String, host: &'static str| {
+      tokio::spawn(async move {
+        let r = client().get(url).header("host", host).send().await?;
+        let status = r.status().as_u16();
+        r.text().await.map(|t| (status, t))
+      })
+    };
+    let api = slow(srv.url("/slow?ms=1500"), "api.example.com");
+    let stat = slow(srv.url("/static/slow?ms=1000"), "cdn.test");
+    srv.wait_for_log_lines(&["slow-started api"], 1, 20).await;
+    srv
+      .wait_for_log_lines(&["slow-started static"], 1, 20)
+      .await;
+    srv.signal("TERM");
+    let (status, body) = deadline(20, "in-flight request to api", api)
+      .await
+      .unwrap()
+      .expect("the in-flight request must complete, not be cut off");
+    assert_eq!((status, body.as_str()), (200, "slow done api"));
+    let (status, body) = deadline(20, "in-flight request to static", stat)
+      .await
+      .unwrap()
+      .expect("the in-flight request must complete, not be cut off");
+    assert_eq!((status, body.as_str()), (200, "slow done static"));
+    let exit = srv
+      .wait_exit(20)
+      .await
+      .expect("server did not exit within 20s of SIGTERM");
+    assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
+  })
+  .await;
+}
