@@ -108,11 +108,28 @@ class ExecutionContext {
 // The script's handler, fixed once its module has been evaluated.
 let moduleHandler = null;
 let env = {};
+let subrequestLimit = 50;
+
+// What one request may still do: carried through its promise chains as the
+// isolate's async context, so `fetch()` knows whose subrequest it makes.
+class RequestContext {
+  subrequests = 0;
+  limit;
+  constructor(limit) {
+    this.limit = limit;
+  }
+}
+
+function currentRequestContext() {
+  const context = core.getAsyncContext();
+  return context instanceof RequestContext ? context : undefined;
+}
 
 // Called by the engine after the user's module was evaluated. Returns false
 // when the script has no fetch handler at all.
-function setHandler(namespace, bindings) {
+function setHandler(namespace, bindings, limits) {
   env = bindings ?? {};
+  subrequestLimit = limits?.subrequests ?? subrequestLimit;
   const exported = namespace?.default;
   if (exported != null && typeof exported.fetch === "function") {
     moduleHandler = exported;
@@ -164,6 +181,16 @@ function fail(id, error) {
 
 // Entry point from the engine for one request.
 function dispatchFetch(id, method, url, headers, bodyRid) {
+  const previousContext = core.getAsyncContext();
+  core.setAsyncContext(new RequestContext(subrequestLimit));
+  try {
+    runHandler(id, method, url, headers, bodyRid);
+  } finally {
+    core.setAsyncContext(previousContext);
+  }
+}
+
+function runHandler(id, method, url, headers, bodyRid) {
   const body = bodyRid === undefined ? null : readableStreamForRid(bodyRid);
   let result;
   try {
@@ -210,6 +237,7 @@ webidl.configureInterface?.(FetchEvent);
 
 export {
   captureListenerError,
+  currentRequestContext,
   dispatchFetch,
   ExecutionContext,
   FetchEvent,

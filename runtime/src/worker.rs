@@ -206,6 +206,7 @@ impl Worker {
     let specifier = ModuleSpecifier::from_file_path(script)
       .map_err(|_| anyhow!("invalid script path {}", script.display()))?;
     let bindings = &config.bindings;
+    let subrequests = config.limits.subrequests;
     let isolate = rt.isolate();
     let cpu = ctx.cpu.clone();
     let cpu_budget = Duration::from_millis(config.limits.cpu_ms);
@@ -232,7 +233,14 @@ impl Worker {
         if module_syntax != guessed_module {
           define_globals(runtime, bindings, !module_syntax);
         }
-        if !set_handler_call(runtime, &set_handler, &namespace, bindings, module_syntax) {
+        if !set_handler_call(
+          runtime,
+          &set_handler,
+          &namespace,
+          bindings,
+          module_syntax,
+          subrequests,
+        ) {
           return Err(anyhow!(
             "{}: no fetch handler: export default {{ fetch(request, env, ctx) }} or call addEventListener(\"fetch\", ...)",
             script.display()
@@ -735,6 +743,7 @@ fn set_handler_call(
   namespace: &v8::Global<v8::Object>,
   bindings: &[(String, String)],
   module_syntax: bool,
+  subrequests: u32,
 ) -> bool {
   deno_core::scope!(scope, runtime);
   let set_handler = v8::Local::new(scope, set_handler);
@@ -744,8 +753,16 @@ fn set_handler_call(
   } else {
     v8::Object::new(scope)
   };
+  let limits = v8::Object::new(scope);
+  let key = v8::String::new(scope, "subrequests").unwrap();
+  let value = v8::Integer::new_from_unsigned(scope, subrequests);
+  limits.set(scope, key.into(), value.into());
   let undefined = v8::undefined(scope);
   set_handler
-    .call(scope, undefined.into(), &[namespace.into(), env.into()])
+    .call(
+      scope,
+      undefined.into(),
+      &[namespace.into(), env.into(), limits.into()],
+    )
     .is_some_and(|v| v.is_true())
 }
