@@ -204,6 +204,19 @@ function onUnhandledRejection(promise, reason) {
   return true;
 }
 
+// A rejection reported as unhandled got a handler after all.
+function onRejectionHandled(promise, reason) {
+  const handled = new event.PromiseRejectionEvent("rejectionhandled", {
+    promise,
+    reason,
+  });
+  try {
+    globalThis.dispatchEvent(handled);
+  } catch {
+    // A throwing listener is reported by dispatchEvent itself.
+  }
+}
+
 function installGlobalScope() {
   // Log lines go to the process log, never to a terminal: no colours.
   web.consoleNs.setNoColorFns(() => true, () => true);
@@ -225,6 +238,7 @@ function installGlobalScope() {
   event.defineEventHandler(globalThis, "fetch");
 
   core.setUnhandledPromiseRejectionHandler(onUnhandledRejection);
+  core.setHandledPromiseRejectionHandler(onRejectionHandled);
   core.setReportExceptionCallback((error) => event.reportException(error));
 }
 

@@ -5,12 +5,15 @@
 import { core, primordials } from "ext:core/mod.js";
 import { dispatchFetch, setHandler } from "ext:runtime/20_fetch_event.js";
 import { installGlobalScope } from "ext:runtime/90_global_scope.js";
+import { handleWasmStreaming } from "ext:runtime/25_wasm_streaming.js";
 
 const { ReflectDeleteProperty } = primordials;
 
 installGlobalScope();
 
 function bootstrap() {
+  // deno_core keeps this callback per isolate, outside the snapshot.
+  core.setWasmStreamingCallback(handleWasmStreaming);
   ReflectDeleteProperty(globalThis, "__runtimeBootstrap");
   ReflectDeleteProperty(globalThis, "Deno");
   ReflectDeleteProperty(globalThis, "__bootstrap");
@@ -18,4 +21,3 @@ function bootstrap() {
 }
 
 globalThis.__runtimeBootstrap = bootstrap;
-void core;

@@ -28,6 +28,7 @@ deno_core::extension!(
     "13_request.js",
     "14_response.js",
     "20_fetch_event.js",
+    "25_wasm_streaming.js",
     "90_global_scope.js",
     "99_main.js",
   ],
