@@ -6,6 +6,7 @@ import { core, primordials } from "ext:core/mod.js";
 import { dispatchFetch, setHandler } from "ext:runtime/20_fetch_event.js";
 import { installGlobalScope } from "ext:runtime/90_global_scope.js";
 import { handleWasmStreaming } from "ext:runtime/25_wasm_streaming.js";
+import { performance } from "ext:runtime/00_web.js";
 
 const { ReflectDeleteProperty } = primordials;
 
@@ -14,6 +15,8 @@ installGlobalScope();
 function bootstrap() {
   // deno_core keeps this callback per isolate, outside the snapshot.
   core.setWasmStreamingCallback(handleWasmStreaming);
+  // performance.timeOrigin: when this isolate started.
+  performance.setTimeOrigin();
   ReflectDeleteProperty(globalThis, "__runtimeBootstrap");
   ReflectDeleteProperty(globalThis, "Deno");
   ReflectDeleteProperty(globalThis, "__bootstrap");

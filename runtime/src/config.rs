@@ -237,7 +237,9 @@ fn absolute_script(script: &Path, base: &Path) -> anyhow::Result<PathBuf> {
   if !path.is_file() {
     bail!("script not found: {}", path.display());
   }
-  Ok(path)
+  // Canonical, so that module URLs (which resolve `..`) and the loader's
+  // root directory agree.
+  std::fs::canonicalize(&path).with_context(|| format!("cannot resolve {}", path.display()))
 }
 
 #[cfg(test)]
