@@ -640,7 +640,12 @@ async fn evaluate_with_limits(
   };
   let mut evaluation = {
     let slice = cpu.begin(&handle, budget);
-    let evaluation = Box::pin(runtime.mod_evaluate(module_id));
+    // Unconstrained: the evaluation's result arrives through a channel, and
+    // once the task has used up tokio's cooperative budget (many workers
+    // loaded in one task) that channel would read as pending even though
+    // the module is done, which looks exactly like a module that never
+    // finishes.
+    let evaluation = Box::pin(tokio::task::unconstrained(runtime.mod_evaluate(module_id)));
     if let Some(error) = limit_hit(slice.fired()) {
       return Err(error);
     }

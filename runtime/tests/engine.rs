@@ -1295,3 +1295,39 @@ async fn sigterm_with_several_workers_finishes_requests_in_flight_then_exits_0()
   })
   .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Many workers
+// ---------------------------------------------------------------------------------------------
+
+/// More workers than tokio's cooperative budget allows channel reads in one task (128): all are
+/// validated at start-up and each answers on its own route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_workers_start_and_route() {
+  let dir = scratch_dir("many-workers");
+  let mut toml = String::from("[engine]\nmax_isolates = 50\n");
+  for i in 0..300 {
+    std::fs::write(
+      dir.join(format!("w{i}.js")),
+      format!("export default {{ fetch() {{ return new Response(\"worker {i}\"); }} }};\n"),
+    )
+    .unwrap();
+    toml.push_str(&format!(
+      "[[workers]]\nname = \"w{i}\"\nmain = \"w{i}.js\"\nroutes = [\"*/w/{i}\"]\n"
+    ));
+  }
+  let path = dir.join("runtime.toml");
+  std::fs::write(&path, toml).unwrap();
+  let srv = serve(scratch_config_cmd(&path));
+  let c = client();
+  within(60, async {
+    for i in [0, 127, 128, 129, 200, 299, 5, 128] {
+      let (status, body) = get_host(&c, &srv, "example.com", &format!("/w/{i}")).await;
+      assert_eq!(
+        (status, body.as_str()),
+        (200, format!("worker {i}").as_str())
+      );
+    }
+  })
+  .await;
+}
