@@ -95,6 +95,30 @@ fn main() {
     .build()
     .unwrap();
   let local = tokio::task::LocalSet::new();
+  if std::env::var_os("BENCH_FLOOR").is_some() {
+    // Experiment: the floor, an isolate from a snapshot of deno_core alone.
+    let _guard = rt.enter();
+    let snapshot = deno_core::JsRuntimeForSnapshot::new(Default::default()).snapshot();
+    let snapshot: &'static [u8] = Box::leak(snapshot);
+    let mut times = Vec::new();
+    for _ in 0..200 {
+      let start = Instant::now();
+      let r = deno_core::JsRuntime::new(deno_core::RuntimeOptions {
+        startup_snapshot: Some(snapshot),
+        skip_op_registration: true,
+        ..Default::default()
+      });
+      times.push(start.elapsed().as_micros());
+      drop(r);
+    }
+    times.sort_unstable();
+    println!(
+      "deno_core-only snapshot ({} bytes): p50 {} us",
+      snapshot.len(),
+      percentile(&times, 0.5)
+    );
+    return;
+  }
   local.block_on(&rt, async move {
     // The first isolate pays for V8's platform start-up; it is not counted.
     drop(new_isolate(Rc::new(ScriptLoader::new("/".into())), "warmup").unwrap());
