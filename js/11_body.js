@@ -67,6 +67,7 @@ const {
   acquireReadableStreamDefaultReader,
   createProxy,
   createReadableByteStream,
+  getReadableStreamResourceBacking,
   isReadableStreamDisturbed,
   isReadableStreamLocked,
   readableByteStreamControllerClose,
@@ -75,6 +76,7 @@ const {
   ReadableByteStreamController,
   readableStreamCollectIntoUint8Array,
   readableStreamDisturb,
+  readableStreamForRid,
   readableStreamPipeTo,
   readableStreamTee,
   ReadableStreamPrototype,
@@ -407,11 +409,35 @@ function proxyInnerBody(inner) {
     out = new InnerBody(null, source, inner.length);
   } else {
     const stream = inner.stream;
-    out = new InnerBody(createProxy(stream), null, inner.length);
+    out = new InnerBody(proxyStream(stream), null, inner.length);
     readableStreamDisturb(stream);
   }
   out.fromStream = fromStream;
   return out;
+}
+
+/**
+ * A stream with the contents of `stream`, which this locks. A stream that is
+ * a Rust resource (the body of the request being handled, a fetch() response
+ * body) becomes a new stream over the same resource rather than a JavaScript
+ * pipe, so that `fetch(request)` and `fetch(url, request)` still hand the
+ * body from Rust to Rust.
+ * @param {ReadableStream} stream  usable (not locked or disturbed)
+ * @returns {ReadableStream}
+ */
+function proxyStream(stream) {
+  const backing = getReadableStreamResourceBacking(stream);
+  if (backing == null || !backing.autoClose) return createProxy(stream);
+  acquireReadableStreamDefaultReader(stream);
+  // The old stream closes the resource when it is collected: the new one
+  // keeps it alive for as long as it may read the resource itself.
+  return readableStreamForRid(
+    backing.rid,
+    true,
+    undefined,
+    undefined,
+    () => void stream,
+  );
 }
 
 /**

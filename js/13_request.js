@@ -666,6 +666,27 @@ function isRequest(value) {
     value[webidl.brand] === webidl.brand;
 }
 
+/**
+ * What fetch() needs of the Request it constructed, read from the internal
+ * slots (so changes to Request.prototype by user code do not matter).
+ * @param {Request} request
+ * @returns {{
+ *   method: string, url: string, headers: Headers, body: InnerBody | null,
+ *   redirect: "follow" | "error" | "manual", signal: AbortSignal | null,
+ * }}
+ */
+function requestForFetch(request) {
+  return {
+    __proto__: null,
+    method: request[_method],
+    url: request[_url],
+    headers: request[_headers],
+    body: request[_body] ?? null,
+    redirect: request[_options].redirect,
+    signal: request[_signal] ?? null,
+  };
+}
+
 export {
   abortRequest,
   getRequestSignal,
@@ -674,5 +695,6 @@ export {
   parseURL,
   Request,
   RequestPrototype,
+  requestForFetch,
   urlHref,
 };

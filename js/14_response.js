@@ -42,6 +42,8 @@ const _statusText = Symbol("[[statusText]]");
 const _url = Symbol("[[url]]");
 const _headers = Symbol("[[headers]]");
 const _body = Symbol("[[body]]");
+// Set (true) only on responses fetch() followed a redirect for.
+const _redirected = Symbol("[[redirected]]");
 
 const kInternal = Symbol("response.internal");
 
@@ -222,7 +224,7 @@ class Response {
   /** @returns {boolean} */
   get redirected() {
     webidl.assertBranded(this, ResponsePrototype);
-    return false;
+    return this[_redirected] === true;
   }
 
   /** @returns {number} */
@@ -271,6 +273,7 @@ class Response {
       inner === null ? null : cloneInnerBody(inner),
     );
     cloned[_url] = this[_url];
+    if (this[_redirected] === true) cloned[_redirected] = true;
     return cloned;
   }
 
@@ -412,9 +415,37 @@ function extractResponseParts(value) {
   };
 }
 
+/**
+ * The Response fetch() resolves with, made from what the network (or a
+ * `data:`/`blob:` URL) gave: type "basic", headers immutable.
+ * @param {number} status
+ * @param {string} statusText
+ * @param {string[]} flatHeaders  [name0, value0, ...], names lowercase,
+ *   values valid; adopted (not copied)
+ * @param {InnerBody | null} body
+ * @param {string} url  the response's URL, serialized without fragment
+ * @param {boolean} redirected  whether a redirect was followed to get here
+ * @returns {Response}
+ */
+function newFetchResponse(status, statusText, flatHeaders, body, url, redirected) {
+  const response = new Response(kInternal);
+  setResponseFields(
+    response,
+    "basic",
+    status,
+    statusText,
+    headersFromList(flatHeaders, "immutable"),
+    body,
+  );
+  response[_url] = url;
+  if (redirected) response[_redirected] = true;
+  return response;
+}
+
 export {
   extractResponseParts,
   isResponse,
+  newFetchResponse,
   Response,
   ResponsePrototype,
 };

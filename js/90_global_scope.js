@@ -13,6 +13,7 @@ import {
   FetchEvent,
   reportToLog,
 } from "ext:runtime/20_fetch_event.js";
+import { fetch } from "ext:runtime/30_fetch.js";
 
 const {
   ObjectDefineProperties,
@@ -179,6 +180,7 @@ const globalScope = {
   clearInterval: enumerable(web.timers.clearInterval),
   clearTimeout: enumerable(web.timers.clearTimeout),
   console: nonEnumerable(new web.consoleNs.Console(printer)),
+  fetch: enumerable(fetch),
   navigator: getter(() => navigator),
   performance: enumerable(web.performance.performance),
   reportError: enumerable(event.reportError),

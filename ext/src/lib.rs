@@ -3,6 +3,7 @@
 //! startup snapshot.
 
 pub mod console;
+pub mod fetch;
 pub mod http;
 
 use std::sync::Arc;
@@ -17,6 +18,8 @@ deno_core::extension!(
     http::op_respond,
     http::op_respond_stream,
     http::op_respond_error,
+    fetch::op_fetch,
+    fetch::op_fetch_send,
   ],
   esm_entry_point = "ext:runtime/99_main.js",
   esm = [
@@ -29,6 +32,7 @@ deno_core::extension!(
     "14_response.js",
     "20_fetch_event.js",
     "25_wasm_streaming.js",
+    "30_fetch.js",
     "90_global_scope.js",
     "99_main.js",
   ],
