@@ -44,6 +44,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::mpsc;
 
+use crate::body::BodyReader;
 use crate::http::BoxError;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, FetchBody>;
@@ -482,8 +483,7 @@ pub async fn op_fetch_send(
 /// its own response. Closing it cancels a pending read and drops the body
 /// (and with it the connection, if the body was not read to its end).
 pub struct FetchResponseBodyResource {
-  body: RefCell<Option<Incoming>>,
-  leftover: RefCell<Bytes>,
+  reader: BodyReader<Incoming>,
   size: SizeHint,
   url: String,
   cancel: CancelHandle,
@@ -493,50 +493,22 @@ impl FetchResponseBodyResource {
   fn new(body: Incoming, url: String) -> Self {
     Self {
       size: body.size_hint(),
-      body: RefCell::new(Some(body)),
-      leftover: RefCell::new(Bytes::new()),
+      reader: BodyReader::new(body),
       url,
       cancel: CancelHandle::new(),
     }
   }
 
   async fn next_chunk(self: Rc<Self>, limit: usize) -> Result<BufView, JsErrorBox> {
-    loop {
-      {
-        let mut leftover = self.leftover.borrow_mut();
-        if !leftover.is_empty() {
-          let n = limit.min(leftover.len());
-          return Ok(BufView::from(leftover.split_to(n)));
-        }
-      }
-      let frame = std::future::poll_fn(|cx| match &mut *self.body.borrow_mut() {
-        Some(body) => Pin::new(body).poll_frame(cx),
-        None => Poll::Ready(None),
-      })
-      .await;
-      match frame {
-        None => {
-          self.body.borrow_mut().take();
-          return Ok(BufView::empty());
-        }
-        Some(Err(error)) => {
-          self.body.borrow_mut().take();
-          let detail = error
-            .source()
-            .map_or_else(|| error.to_string(), |s| format!("{error}: {s}"));
-          return Err(type_error(format!(
-            "fetch failed: error reading the response body from {}: {detail}",
-            self.url
-          )));
-        }
-        Some(Ok(frame)) => {
-          // Trailers are dropped: the Fetch API has no place for them.
-          if let Ok(data) = frame.into_data() {
-            *self.leftover.borrow_mut() = data;
-          }
-        }
-      }
-    }
+    self.reader.next_chunk(limit).await.map_err(|error| {
+      let detail = error
+        .source()
+        .map_or_else(|| error.to_string(), |s| format!("{error}: {s}"));
+      type_error(format!(
+        "fetch failed: error reading the response body from {}: {detail}",
+        self.url
+      ))
+    })
   }
 }
 
@@ -555,7 +527,7 @@ impl Resource for FetchResponseBodyResource {
 
   fn close(self: Rc<Self>) {
     self.cancel.cancel();
-    self.body.borrow_mut().take();
+    self.reader.close();
   }
 
   fn size_hint(&self) -> (u64, Option<u64>) {

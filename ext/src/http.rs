@@ -7,7 +7,6 @@
 //! serde: strings and bytes are copied once, streams are read chunk by chunk
 //! from a deno_core resource.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -19,6 +18,8 @@ use deno_error::JsErrorBox;
 use http::{HeaderName, HeaderValue, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
+
+use crate::body::BodyReader;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body as the engine hands it over (already size-limited).
@@ -260,41 +261,24 @@ fn bufview_to_bytes(view: BufView) -> Bytes {
 /// A request body as a deno_core resource, so JavaScript reads it as a
 /// ReadableStream while it is still arriving.
 pub struct RequestBodyResource {
-  body: RefCell<RequestBody>,
-  leftover: RefCell<Bytes>,
+  reader: BodyReader<RequestBody>,
   cancel: deno_core::CancelHandle,
 }
 
 impl RequestBodyResource {
   pub fn new(body: RequestBody) -> Self {
     Self {
-      body: RefCell::new(body),
-      leftover: RefCell::new(Bytes::new()),
+      reader: BodyReader::new(body),
       cancel: Default::default(),
     }
   }
 
   async fn next_chunk(self: Rc<Self>, limit: usize) -> Result<BufView, JsErrorBox> {
-    loop {
-      {
-        let mut leftover = self.leftover.borrow_mut();
-        if !leftover.is_empty() {
-          let n = limit.min(leftover.len());
-          return Ok(BufView::from(leftover.split_to(n)));
-        }
-      }
-      let frame =
-        std::future::poll_fn(|cx| Pin::new(&mut *self.body.borrow_mut()).poll_frame(cx)).await;
-      match frame {
-        None => return Ok(BufView::empty()),
-        Some(Err(e)) => return Err(JsErrorBox::generic(format!("request body: {e}"))),
-        Some(Ok(frame)) => {
-          if let Ok(data) = frame.into_data() {
-            *self.leftover.borrow_mut() = data;
-          }
-        }
-      }
-    }
+    self
+      .reader
+      .next_chunk(limit)
+      .await
+      .map_err(|e| JsErrorBox::generic(format!("request body: {e}")))
   }
 }
 

@@ -2,6 +2,7 @@
 //! sees, and the list of JavaScript files (in `js/`) evaluated into the
 //! startup snapshot.
 
+pub mod body;
 pub mod console;
 pub mod fetch;
 pub mod http;
