@@ -113,7 +113,10 @@ impl Expectations {
   }
 
   pub fn get(&self, id: &str) -> Option<Expectation> {
-    self.raw.get(id).map(|v| parse_entry(id, v).expect("validated on load"))
+    self
+      .raw
+      .get(id)
+      .map(|v| parse_entry(id, v).expect("validated on load"))
   }
 
   /// Compares a test's failing subtests (`"(harness)"` included) with its
@@ -214,7 +217,10 @@ mod unit {
     assert_eq!(e.get("c.any.js"), Some(Expectation::Skip("no".into())));
 
     e.record("b.any.js", &set(&["x", "z"]));
-    assert_eq!(e.raw["b.any.js"], json!({"fail": ["x"], "flaky": ["z"], "reason": "r"}));
+    assert_eq!(
+      e.raw["b.any.js"],
+      json!({"fail": ["x"], "flaky": ["z"], "reason": "r"})
+    );
     e.record("a.any.js", &set(&["q"]));
     assert_eq!(e.raw["a.any.js"], json!({"fail": ["q"]}));
     e.record("a.any.js", &set(&[]));

@@ -66,16 +66,21 @@
   }
   const dispatch = EventTarget.prototype.dispatchEvent;
   const reportErrorFn = globalThis.reportError;
-  const text = (value) => (value === undefined || value === null ? null : String(value));
+  // Subtest names and messages may hold lone surrogates, which would not
+  // survive the trip to UTF-8: spell them as \uXXXX.
+  const loneSurrogate = /[\uD800-\uDFFF]/gu;
+  const escape = (c) => `\\u${c.charCodeAt(0).toString(16).toUpperCase()}`;
+  const name = (value) => String(value).replace(loneSurrogate, escape);
+  const text = (value) => (value === undefined || value === null ? null : name(value));
 
   return function install() {
     const { add_result_callback, add_completion_callback, done, timeout } = globalThis;
     add_result_callback((test) => {
-      report(0, String(test.name), test.status, text(test.message));
+      report(0, name(test.name), test.status, text(test.message));
     });
     add_completion_callback((tests, status) => {
       for (const test of tests) {
-        report(0, String(test.name), test.status, text(test.message));
+        report(0, name(test.name), test.status, text(test.message));
       }
       report(1, "", status.status, text(status.message));
     });

@@ -5,6 +5,7 @@
 # ended).
 import json
 import logging
+import os
 import sys
 
 from wptserve import server, stash
@@ -41,10 +42,15 @@ with builder as built:
     config = Config(data)
     server.Server.config = config
 
-with stash.StashServer(("127.0.0.1", 0), authkey=b"wpt-runner"):
-    for h in httpds:
-        h.start()
-    print(json.dumps({"http": ports, "https": config.ports["https"]}), flush=True)
-    sys.stdin.read()
-    for h in httpds:
-        h.stop()
+stash_server = stash.StashServer(("127.0.0.1", 0), authkey=b"wpt-runner")
+stash_server.__enter__()
+for h in httpds:
+    h.start()
+print(json.dumps({"http": ports, "https": config.ports["https"]}), flush=True)
+sys.stdin.read()
+# Stop the stash's manager process; the rest goes with this process (waiting
+# for the server threads could hang on a client's open connection).
+try:
+    stash_server.manager.shutdown()
+finally:
+    os._exit(0)

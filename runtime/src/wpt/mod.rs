@@ -113,7 +113,7 @@ fn wpt_dir(args: &WptArgs) -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow!("no WPT directory: pass --wpt-dir or set WPT_DIR"))?
     }
   };
-  let dir = std::path::absolute(&dir)?;
+  let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
   if !dir.join("resources/testharness.js").is_file() {
     return Err(anyhow!(
       "{} is not a web-platform-tests checkout (no resources/testharness.js)",
@@ -139,6 +139,42 @@ fn base_timeout(test: &TestCase, multiplier: f64) -> Duration {
   Duration::from_secs_f64(seconds * multiplier.max(0.1))
 }
 
+/// The WPT commit the expectations are for (`wpt/WPT_COMMIT`).
+const WPT_COMMIT: &str = include_str!("../../../wpt/WPT_COMMIT");
+
+/// Warns when the WPT directory is at another commit than the expectations
+/// were written for.
+fn check_commit(dir: &Path) {
+  let expected = WPT_COMMIT.trim();
+  let found = std::fs::read_to_string(dir.join("WPT_COMMIT"))
+    .ok()
+    .or_else(|| {
+      let output = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["rev-parse", "HEAD"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+      output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    });
+  match found {
+    Some(found) if found.trim() != expected => println!(
+      "wpt: warning: {} is at commit {}, the expectations are for {expected}",
+      dir.display(),
+      found.trim()
+    ),
+    Some(_) => {}
+    None => println!(
+      "wpt: warning: cannot tell the commit of {} (expectations are for {expected})",
+      dir.display()
+    ),
+  }
+}
+
 /// `--single`: one test in this process.
 fn run_single(args: &WptArgs) -> anyhow::Result<()> {
   let id = args.single.as_deref().unwrap_or_default();
@@ -162,6 +198,14 @@ fn run_single(args: &WptArgs) -> anyhow::Result<()> {
     .timeout_ms
     .map(Duration::from_millis)
     .unwrap_or_else(|| base_timeout(&test, args.timeout_multiplier));
+  // The parent kills a test that overstays; this is in case the parent is
+  // gone (a test never yielding would otherwise spin forever).
+  let limit = timeout + Duration::from_secs(30);
+  std::thread::spawn(move || {
+    std::thread::sleep(limit);
+    eprintln!("wpt: {}s passed: exiting", limit.as_secs());
+    std::process::exit(4);
+  });
   let runtime = tokio::runtime::Builder::new_current_thread()
     .enable_all()
     .build()?;
@@ -179,6 +223,9 @@ fn run_single(args: &WptArgs) -> anyhow::Result<()> {
 struct Origins {
   http: String,
   https: String,
+  /// The server's ports and how expectations spell them: subtest names that
+  /// hold a URL are the same from one run to the next.
+  ports: Vec<(u16, &'static str)>,
 }
 
 fn run_all(args: &WptArgs) -> anyhow::Result<ExitCode> {
@@ -186,9 +233,17 @@ fn run_all(args: &WptArgs) -> anyhow::Result<ExitCode> {
   let dir = wpt_dir(args)?;
   let expectations_file = expectations_path(args);
   let mut expectations = Expectations::load(&expectations_file)?;
-  let (tests, not_applicable) = tests::discover(&dir, &args.filters)?;
+  check_commit(&dir);
+  // By default the directories this project tracks (all of the shared
+  // subset; a full WPT checkout has many more).
+  let filters: Vec<String> = if args.filters.is_empty() {
+    results::DIRS.iter().map(|d| format!("{d}/")).collect()
+  } else {
+    args.filters.clone()
+  };
+  let (tests, not_applicable) = tests::discover(&dir, &filters)?;
   if tests.is_empty() {
-    return Err(anyhow!("no tests match {:?} in {}", args.filters, dir.display()));
+    return Err(anyhow!("no tests match {:?} in {}", filters, dir.display()));
   }
   for file in &not_applicable {
     println!("not applicable: {} ({})", file.path, file.reason);
@@ -222,10 +277,12 @@ fn run_all(args: &WptArgs) -> anyhow::Result<ExitCode> {
     Some(server) => Origins {
       http: server.http_origin(),
       https: server.https_origin(),
+      ports: server.port_names(),
     },
     None => Origins {
       http: "http://localhost:8000".to_string(),
       https: "https://localhost:8443".to_string(),
+      ports: vec![(8000, "{{ports[http][0]}}"), (8443, "{{ports[https][0]}}")],
     },
   };
   let jobs = args
@@ -276,11 +333,16 @@ fn run_all(args: &WptArgs) -> anyhow::Result<ExitCode> {
     report.push_str(&format!(
       "  {}{}\n",
       result.id,
-      if verdict.missing { " (no expectation)" } else { "" }
+      if verdict.missing {
+        " (no expectation)"
+      } else {
+        ""
+      }
     ));
     for name in &verdict.unexpected_failures {
       report.push_str(&format!(
-        "    unexpected failure: {name}: {}\n",
+        "    unexpected failure: {}: {}\n",
+        printable(name),
         result.failure_message(name)
       ));
     }
@@ -290,7 +352,10 @@ fn run_all(args: &WptArgs) -> anyhow::Result<ExitCode> {
       } else {
         "did not run"
       };
-      report.push_str(&format!("    unexpected pass: {name} ({how})\n"));
+      report.push_str(&format!(
+        "    unexpected pass: {} ({how})\n",
+        printable(name)
+      ));
     }
   }
 
@@ -322,7 +387,8 @@ fn run_all(args: &WptArgs) -> anyhow::Result<ExitCode> {
 
   if let Some(path) = &args.json {
     let text = serde_json::to_string_pretty(&summary_json(&results))?;
-    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::write(path, text + "\n")
+      .with_context(|| format!("cannot write {}", path.display()))?;
     println!("wpt: summary written to {}", path.display());
   }
 
@@ -337,11 +403,17 @@ fn run_all(args: &WptArgs) -> anyhow::Result<ExitCode> {
       expectations.retain(|id| known.contains(id));
     }
     expectations.save(&expectations_file)?;
-    println!("wpt: expectations written to {}", expectations_file.display());
+    println!(
+      "wpt: expectations written to {}",
+      expectations_file.display()
+    );
   }
 
   if unexpected > 0 && !args.update {
-    println!("wpt: unexpected results ({unexpected}), against {}:", expectations_file.display());
+    println!(
+      "wpt: unexpected results ({unexpected}), against {}:",
+      expectations_file.display()
+    );
     print!("{report}");
     println!("wpt: to accept them: runtime wpt --update [FILTER...]");
   } else if unexpected == 0 {
@@ -416,7 +488,11 @@ async fn run_children(
     );
     if verbose || !verdict.is_ok() {
       for name in result.failing() {
-        line.push_str(&format!("\n      {name}: {}", result.failure_message(&name)));
+        line.push_str(&format!(
+          "\n      {}: {}",
+          printable(&name),
+          result.failure_message(&name)
+        ));
       }
     }
     println!("{line}");
@@ -497,13 +573,57 @@ async fn run_child(
   };
   let stdout = out_task.await.unwrap_or_default();
   let stderr = err_task.await.unwrap_or_default();
-  parse_child(
+  let mut result = parse_child(
     &test.id,
     &stdout,
     exit,
     &stderr,
     started.elapsed().as_secs_f64(),
-  )
+  );
+  for subtest in &mut result.subtests {
+    subtest.name = name_ports(&subtest.name, &origins.ports);
+    if let Some(message) = &subtest.message {
+      subtest.message = Some(name_ports(message, &origins.ports));
+    }
+  }
+  result
+}
+
+/// Spells the server's ports in `text` as WPT's templates do
+/// (`localhost:{{ports[http][0]}}`): they change from run to run.
+fn name_ports(text: &str, ports: &[(u16, &str)]) -> String {
+  let mut out = String::with_capacity(text.len());
+  let mut rest = text;
+  while let Some(i) = rest.find(':') {
+    out.push_str(&rest[..=i]);
+    rest = &rest[i + 1..];
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let named = rest[..digits]
+      .parse::<u16>()
+      .ok()
+      .and_then(|port| ports.iter().find(|(p, _)| *p == port));
+    if let Some((_, name)) = named {
+      out.push_str(name);
+      rest = &rest[digits..];
+    }
+  }
+  out.push_str(rest);
+  out
+}
+
+/// A subtest name on one line: control characters escaped.
+fn printable(name: &str) -> String {
+  name
+    .chars()
+    .flat_map(|c| {
+      let escaped: Vec<char> = if c.is_control() {
+        c.escape_default().collect()
+      } else {
+        vec![c]
+      };
+      escaped
+    })
+    .collect()
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {
@@ -517,5 +637,24 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
   match status.code() {
     Some(code) => format!("exit code {code}"),
     None => "exited".to_string(),
+  }
+}
+
+#[cfg(test)]
+mod unit {
+  #[test]
+  fn ports_in_names() {
+    let ports = [(34859, "{{ports[http][0]}}"), (8443, "{{ports[https][0]}}")];
+    assert_eq!(
+      super::name_ports(
+        "Fetch http://localhost:34859/x and https://a:8443 :348590 :3485",
+        &ports
+      ),
+      "Fetch http://localhost:{{ports[http][0]}}/x and https://a:{{ports[https][0]}} :348590 :3485"
+    );
+    assert_eq!(
+      super::name_ports("no port: here:", &ports),
+      "no port: here:"
+    );
   }
 }

@@ -115,8 +115,7 @@ impl FileResult {
 
   /// Failed subtests, plus one for a harness that did not end OK.
   pub fn failed(&self) -> usize {
-    self.subtests.iter().filter(|s| !s.passed()).count()
-      + usize::from(self.harness != Harness::Ok)
+    self.subtests.iter().filter(|s| !s.passed()).count() + usize::from(self.harness != Harness::Ok)
   }
 
   /// The names of everything that failed, `(harness)` included.
@@ -151,7 +150,7 @@ impl FileResult {
 }
 
 fn first_line(text: &str) -> String {
-  let line = text.lines().next().unwrap_or("");
+  let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
   if line.chars().count() > 300 {
     let cut: String = line.chars().take(300).collect();
     format!("{cut}…")
@@ -169,7 +168,13 @@ pub enum Exit {
 }
 
 /// Reads a child's output lines into the file's result.
-pub fn parse_child(id: &str, stdout: &str, exit: Exit, stderr_tail: &str, seconds: f64) -> FileResult {
+pub fn parse_child(
+  id: &str,
+  stdout: &str,
+  exit: Exit,
+  stderr_tail: &str,
+  seconds: f64,
+) -> FileResult {
   let mut subtests: Vec<Subtest> = Vec::new();
   let mut index: HashMap<String, usize> = HashMap::new();
   let mut complete: Option<(i64, Option<String>)> = None;
@@ -273,7 +278,8 @@ impl Counts {
 
 /// Whether the test `id` is under `dir`.
 pub fn in_dir(id: &str, dir: &str) -> bool {
-  id.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
+  id.strip_prefix(dir)
+    .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// Per-directory counts, over the directories of [`DIRS`] that have tests.
@@ -351,7 +357,13 @@ mod unit {
     assert!(matches!(r.harness, Harness::Timeout(_)));
     assert_eq!((r.passed(), r.failed()), (1, 1));
 
-    let r = parse_child("x.any.js", "", Exit::Exited(false, "signal 6".into()), "oom\n", 1.0);
+    let r = parse_child(
+      "x.any.js",
+      "",
+      Exit::Exited(false, "signal 6".into()),
+      "oom\n",
+      1.0,
+    );
     assert!(matches!(r.harness, Harness::Crash(ref m) if m.contains("oom")));
     assert_eq!(r.failing().into_iter().collect::<Vec<_>>(), [HARNESS]);
   }
@@ -360,6 +372,9 @@ mod unit {
   fn dirs() {
     assert!(in_dir("url/a.any.js", "url"));
     assert!(!in_dir("urlpattern/a.any.js", "url"));
-    assert!(in_dir("html/webappapis/timers/a.any.js", "html/webappapis/timers"));
+    assert!(in_dir(
+      "html/webappapis/timers/a.any.js",
+      "html/webappapis/timers"
+    ));
   }
 }

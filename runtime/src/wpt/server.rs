@@ -31,6 +31,18 @@ impl WptServer {
     format!("https://localhost:{}", self.https_ports[0])
   }
 
+  /// Each port, and the template that names it.
+  pub fn port_names(&self) -> Vec<(u16, &'static str)> {
+    const HTTP: [&str; 2] = ["{{ports[http][0]}}", "{{ports[http][1]}}"];
+    const HTTPS: [&str; 2] = ["{{ports[https][0]}}", "{{ports[https][1]}}"];
+    let http = self.http_ports.iter().zip(HTTP);
+    let https = self.https_ports.iter().zip(HTTPS);
+    http
+      .chain(https)
+      .map(|(port, name)| (*port, name))
+      .collect()
+  }
+
   /// Starts wptserve with `python` (installing wptserve next to the runner
   /// binary from PyPI with pip if `python` cannot import it).
   pub fn start(python: &str, wpt_dir: &Path) -> anyhow::Result<WptServer> {
@@ -43,6 +55,10 @@ impl WptServer {
       .stdin(Stdio::piped())
       .stdout(Stdio::piped())
       .stderr(Stdio::null());
+    // Its own process group, with the stash's manager process it forks:
+    // stopping it stops them all.
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
     if let Some(dir) = &python_path {
       command.env("PYTHONPATH", dir);
     }
@@ -69,7 +85,12 @@ impl WptServer {
     let list = |key: &str| -> Vec<u16> {
       ports[key]
         .as_array()
-        .map(|a| a.iter().filter_map(|p| p.as_u64()).map(|p| p as u16).collect())
+        .map(|a| {
+          a.iter()
+            .filter_map(|p| p.as_u64())
+            .map(|p| p as u16)
+            .collect()
+        })
         .unwrap_or_default()
     };
     let (http_ports, https_ports) = (list("http"), list("https"));
@@ -88,8 +109,23 @@ impl WptServer {
 
 impl Drop for WptServer {
   fn drop(&mut self) {
-    // Closing its stdin asks it to stop; make sure.
+    // Closing its stdin asks it to stop (it shuts its stash down first);
+    // then make sure, the whole process group.
     drop(self.child.stdin.take());
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+      if let Ok(Some(_)) = self.child.try_wait() {
+        break;
+      }
+      std::thread::sleep(Duration::from_millis(20));
+    }
+    #[cfg(unix)]
+    if let Ok(pid) = i32::try_from(self.child.id()) {
+      // SAFETY: kill(2) on the group this child leads; no memory involved.
+      unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+      }
+    }
     let _ = self.child.kill();
     let _ = self.child.wait();
   }
@@ -129,7 +165,13 @@ fn ensure_wptserve(python: &str) -> anyhow::Result<Option<PathBuf>> {
     dir.display()
   );
   let status = Command::new(python)
-    .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+    .args([
+      "-m",
+      "pip",
+      "install",
+      "--quiet",
+      "--disable-pip-version-check",
+    ])
     .arg("--target")
     .arg(&dir)
     .arg(format!("wptserve=={WPTSERVE_VERSION}"))

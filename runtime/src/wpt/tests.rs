@@ -112,7 +112,10 @@ fn is_test_file(name: &str) -> bool {
 
 /// Directories WPT's manifest never takes tests from.
 fn is_support_dir(name: &str) -> bool {
-  matches!(name, "resources" | "support" | "tools" | "common" | "interfaces") || name.starts_with('.')
+  matches!(
+    name,
+    "resources" | "support" | "tools" | "common" | "interfaces"
+  ) || name.starts_with('.')
 }
 
 /// Every test file under `root`, as `/`-separated relative paths, sorted.
@@ -125,7 +128,8 @@ pub fn find_files(root: &Path) -> anyhow::Result<Vec<String>> {
     } else {
       root.join(&dir)
     };
-    let entries = std::fs::read_dir(&full).with_context(|| format!("cannot list {}", full.display()))?;
+    let entries =
+      std::fs::read_dir(&full).with_context(|| format!("cannot list {}", full.display()))?;
     for entry in entries {
       let entry = entry?;
       let name = entry.file_name().to_string_lossy().into_owned();
@@ -187,7 +191,8 @@ pub fn discover(
   let mut tests = Vec::new();
   let mut not_applicable = Vec::new();
   for path in find_files(root)? {
-    let selected = |id: &str| filters.is_empty() || filters.iter().any(|f| matches_filter(f, &path, id));
+    let selected =
+      |id: &str| filters.is_empty() || filters.iter().any(|f| matches_filter(f, &path, id));
     // A cheap check first: a filter naming a variant still starts with the path.
     if !filters.is_empty()
       && !filters.iter().any(|f| {
@@ -197,8 +202,8 @@ pub fn discover(
     {
       continue;
     }
-    let source = std::fs::read_to_string(root.join(&path))
-      .with_context(|| format!("cannot read {path}"))?;
+    let source =
+      std::fs::read_to_string(root.join(&path)).with_context(|| format!("cannot read {path}"))?;
     let meta = Meta::parse(&source);
     let variants = if meta.variants.is_empty() {
       vec![String::new()]
@@ -270,14 +275,22 @@ mod unit {
     assert!(meta.long_timeout);
     assert_eq!(meta.variants, ["?1-10", "?11-last"]);
     assert!(meta.applies_to_workers().is_ok());
-    assert!(Meta::parse("// META: global=window\n").applies_to_workers().is_err());
+    assert!(Meta::parse("// META: global=window\n")
+      .applies_to_workers()
+      .is_err());
     assert!(Meta::parse("test(() => {});").applies_to_workers().is_ok());
   }
 
   #[test]
   fn resolve() {
-    assert_eq!(resolve_url_path("url/a.any.js", "/common/x.js"), "/common/x.js");
-    assert_eq!(resolve_url_path("url/a.any.js", "resources/x.js"), "/url/resources/x.js");
+    assert_eq!(
+      resolve_url_path("url/a.any.js", "/common/x.js"),
+      "/common/x.js"
+    );
+    assert_eq!(
+      resolve_url_path("url/a.any.js", "resources/x.js"),
+      "/url/resources/x.js"
+    );
     assert_eq!(
       resolve_url_path("fetch/api/basic/a.any.js", "../resources/utils.js"),
       "/fetch/api/resources/utils.js"
@@ -289,15 +302,35 @@ mod unit {
   fn filters() {
     assert!(matches_filter("url/", "url/a.any.js", "url/a.any.js"));
     assert!(matches_filter("/url", "url/a.any.js", "url/a.any.js"));
-    assert!(!matches_filter("urlpattern", "url/a.any.js", "url/a.any.js"));
+    assert!(!matches_filter(
+      "urlpattern",
+      "url/a.any.js",
+      "url/a.any.js"
+    ));
     assert!(matches_filter(
       "url/urlsearchparams-*",
       "url/urlsearchparams-sort.any.js",
       "url/urlsearchparams-sort.any.js"
     ));
-    assert!(!matches_filter("url/urlsearchparams-*", "url/url-origin.any.js", "url/url-origin.any.js"));
-    assert!(matches_filter("*/idlharness*", "url/idlharness.any.js", "url/idlharness.any.js"));
-    assert!(matches_filter("url/a.any.js?1-10", "url/a.any.js", "url/a.any.js?1-10"));
-    assert!(!matches_filter("url/a.any.js?1-10", "url/a.any.js", "url/a.any.js?11-20"));
+    assert!(!matches_filter(
+      "url/urlsearchparams-*",
+      "url/url-origin.any.js",
+      "url/url-origin.any.js"
+    ));
+    assert!(matches_filter(
+      "*/idlharness*",
+      "url/idlharness.any.js",
+      "url/idlharness.any.js"
+    ));
+    assert!(matches_filter(
+      "url/a.any.js?1-10",
+      "url/a.any.js",
+      "url/a.any.js?1-10"
+    ));
+    assert!(!matches_filter(
+      "url/a.any.js?1-10",
+      "url/a.any.js",
+      "url/a.any.js?11-20"
+    ));
   }
 }

@@ -1,0 +1,320 @@
+//! Tests of `runtime wpt`, the web-platform-tests runner, through the real binary: on a few files
+//! of the shared WPT checkout (`../shared/wpt`, or `$WPT_DIR`), and on small test files written
+//! here into a temporary WPT directory (with a copy of its `testharness.js`) to show that a
+//! hanging or throwing test file ends as it should without stopping the run.
+//!
+//! Run with `cargo test -p runtime --test wpt`. None of these needs wptserve (`--no-server`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_runtime");
+
+fn repo_root() -> PathBuf {
+  Path::new(env!("CARGO_MANIFEST_DIR"))
+    .parent()
+    .unwrap()
+    .to_path_buf()
+}
+
+fn wpt_dir() -> PathBuf {
+  match std::env::var_os("WPT_DIR") {
+    Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+    _ => repo_root().join("../shared/wpt"),
+  }
+}
+
+/// A fresh directory under the system's temporary directory.
+fn temp_dir(name: &str) -> PathBuf {
+  static COUNTER: AtomicUsize = AtomicUsize::new(0);
+  let dir = std::env::temp_dir().join(format!(
+    "runtime-wpt-test-{}-{}-{name}",
+    std::process::id(),
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+  ));
+  let _ = std::fs::remove_dir_all(&dir);
+  std::fs::create_dir_all(&dir).unwrap();
+  dir
+}
+
+fn wpt(args: &[&str]) -> Output {
+  let output = Command::new(BIN)
+    .arg("wpt")
+    .arg("--no-server")
+    .args(args)
+    .output()
+    .expect("runs the binary");
+  eprintln!(
+    "--- stdout\n{}\n--- stderr\n{}",
+    String::from_utf8_lossy(&output.stdout),
+    String::from_utf8_lossy(&output.stderr)
+  );
+  output
+}
+
+fn stdout(output: &Output) -> String {
+  String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The closing `N passed, N failed` line.
+fn closing_counts(output: &Output) -> (u64, u64) {
+  let text = stdout(output);
+  let last = text.lines().last().expect("some output");
+  let (passed, failed) = last
+    .split_once(" passed, ")
+    .unwrap_or_else(|| panic!("closing line {last:?}"));
+  let failed = failed.strip_suffix(" failed").expect("N failed");
+  (passed.parse().unwrap(), failed.parse().unwrap())
+}
+
+fn read_json(path: &Path) -> Value {
+  serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn urlsearchparams_files_report_results_and_a_json_summary() {
+  let dir = temp_dir("summary");
+  let summary = dir.join("summary.json");
+  let wpt_dir = wpt_dir();
+  let output = wpt(&[
+    "--wpt-dir",
+    wpt_dir.to_str().unwrap(),
+    "--json",
+    summary.to_str().unwrap(),
+    "url/urlsearchparams-*",
+  ]);
+  // The project's expectations hold for these files.
+  assert!(output.status.success(), "{}", stdout(&output));
+  let (passed, failed) = closing_counts(&output);
+  assert!(passed >= 80, "passed {passed}");
+
+  let summary = read_json(&summary);
+  let url = &summary["dirs"]["url"];
+  assert_eq!(url["passed"].as_u64(), Some(passed));
+  assert_eq!(url["failed"].as_u64(), Some(failed));
+  assert_eq!(url["total"].as_u64(), Some(passed + failed));
+  assert_eq!(summary["dirs"].as_object().unwrap().len(), 1, "{summary}");
+  let files = summary["files"].as_object().unwrap();
+  assert!(files.len() >= 10, "{files:?}");
+  for (id, file) in files {
+    assert!(id.starts_with("url/urlsearchparams-"), "{id}");
+    let (p, f, t) = (
+      file["passed"].as_u64().unwrap(),
+      file["failed"].as_u64().unwrap(),
+      file["total"].as_u64().unwrap(),
+    );
+    assert_eq!(p + f, t, "{id}");
+    assert_eq!(file["status"], "OK", "{id}");
+  }
+  assert_eq!(
+    files["url/urlsearchparams-sort.any.js"]["failed"].as_u64(),
+    Some(0)
+  );
+  std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn expectations_fail_the_run_on_unexpected_passes_and_failures_and_update_rewrites_them() {
+  let dir = temp_dir("expectations");
+  let expectations = dir.join("expectations.json");
+  let wpt_dir = wpt_dir();
+  let run = |filter: &str| {
+    wpt(&[
+      "--wpt-dir",
+      wpt_dir.to_str().unwrap(),
+      "--expectations",
+      expectations.to_str().unwrap(),
+      filter,
+    ])
+  };
+
+  // A subtest that passes, listed as failing: an unexpected pass.
+  std::fs::write(
+    &expectations,
+    r#"{"url/urlsearchparams-sort.any.js": {"fail": ["Sorting non-existent params removes ? from URL"]}}"#,
+  )
+  .unwrap();
+  let output = run("url/urlsearchparams-sort");
+  assert_eq!(output.status.code(), Some(1));
+  assert!(
+    stdout(&output).contains("unexpected pass: Sorting non-existent params removes ? from URL")
+  );
+
+  // Expected to pass, with a subtest that fails: an unexpected failure. The file's own
+  // expectation says `pass`; a test written here fails one subtest.
+  let tmp_wpt = fake_wpt("expect-fail");
+  std::fs::write(
+    tmp_wpt.join("x/one-fails.any.js"),
+    "test(() => {}, 'fine');\ntest(() => { assert_equals(1, 2); }, 'broken');\n",
+  )
+  .unwrap();
+  std::fs::write(&expectations, r#"{"x/one-fails.any.js": "pass"}"#).unwrap();
+  let args = |extra: &[&str]| -> Output {
+    let mut all = vec![
+      "--wpt-dir",
+      tmp_wpt.to_str().unwrap(),
+      "--expectations",
+      expectations.to_str().unwrap(),
+    ];
+    all.extend_from_slice(extra);
+    all.push("x/one-fails");
+    wpt(&all)
+  };
+  let output = args(&[]);
+  assert_eq!(output.status.code(), Some(1));
+  assert!(stdout(&output).contains("unexpected failure: broken: FAIL assert_equals"));
+  assert_eq!(closing_counts(&output), (1, 1));
+
+  // --update records what happened; the next run is as expected.
+  let output = args(&["--update"]);
+  assert!(output.status.success());
+  let written = read_json(&expectations);
+  assert_eq!(
+    written["x/one-fails.any.js"],
+    serde_json::json!({"fail": ["broken"]})
+  );
+  let output = args(&[]);
+  assert!(output.status.success(), "{}", stdout(&output));
+
+  // A skipped file is not run, and counts as one failed subtest.
+  std::fs::write(
+    &expectations,
+    r#"{"x/one-fails.any.js": {"skip": "not today"}}"#,
+  )
+  .unwrap();
+  let output = args(&[]);
+  assert!(output.status.success());
+  assert!(stdout(&output).contains("skip: x/one-fails.any.js (not today)"));
+  assert_eq!(closing_counts(&output), (0, 1));
+
+  std::fs::remove_dir_all(&dir).ok();
+  std::fs::remove_dir_all(&tmp_wpt).ok();
+}
+
+/// A WPT directory with the real testharness.js and an empty `x/` for test files.
+fn fake_wpt(name: &str) -> PathBuf {
+  let dir = temp_dir(name);
+  std::fs::create_dir_all(dir.join("resources")).unwrap();
+  std::fs::create_dir_all(dir.join("x/resources")).unwrap();
+  std::fs::copy(
+    wpt_dir().join("resources/testharness.js"),
+    dir.join("resources/testharness.js"),
+  )
+  .unwrap();
+  dir
+}
+
+#[test]
+fn meta_scripts_variants_and_hanging_or_throwing_files() {
+  let dir = fake_wpt("robust");
+  let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+  // META scripts (relative and /-rooted) run in order before the test; each variant is a test
+  // with its own location.search; the worker wrapper's globals are there.
+  write("x/resources/helper.js", "var order = ['helper'];\n");
+  write("common.js", "order.push('common');\n");
+  write(
+    "x/meta.any.js",
+    "// META: title=Meta things\n// META: script=resources/helper.js\n// META: script=/common.js\n\
+     // META: variant=?a\n// META: variant=?b\n\
+     test(() => assert_array_equals(order, ['helper', 'common']), 'scripts in order');\n\
+     test(() => assert_true(['?a', '?b'].includes(location.search)), 'variant ' + location.search);\n\
+     test(() => {\n  assert_true(GLOBAL.isWorker());\n  assert_false(GLOBAL.isWindow());\n  \
+     assert_equals(self, globalThis);\n  assert_true(location.href.endsWith('/x/meta.any.js' + location.search));\n\
+     }, 'worker globals');\n",
+  );
+  // A promise nobody settles: the harness times the subtest out as soon as nothing is left to do.
+  write(
+    "x/never.any.js",
+    "promise_test(() => new Promise(() => {}), 'never settles');\ntest(() => {}, 'fine');\n",
+  );
+  // A synchronous infinite loop: killed; the subtests reported before it count.
+  write(
+    "x/spin.any.js",
+    "test(() => {}, 'before');\npromise_test(async () => { await null; for (;;) {} }, 'spins');\n",
+  );
+  // A throw at top level: the harness reports an error.
+  write(
+    "x/throws.any.js",
+    "test(() => {}, 'defined first');\nthrow new Error('top-level boom');\n",
+  );
+  // A .worker.js test: importScripts and done() of its own.
+  write(
+    "x/plain.worker.js",
+    "importScripts('/resources/testharness.js');\ntest(() => {}, 'in a worker');\ndone();\n",
+  );
+  // Not for a worker scope: listed, not run.
+  write(
+    "x/window-only.any.js",
+    "// META: global=window\ntest(() => {}, 'w');\n",
+  );
+
+  let summary = dir.join("summary.json");
+  let started = std::time::Instant::now();
+  let output = wpt(&[
+    "--wpt-dir",
+    dir.to_str().unwrap(),
+    "--expectations",
+    dir.join("none.json").to_str().unwrap(),
+    "--json",
+    summary.to_str().unwrap(),
+    // 10 s × 0.2: the harness gives up after 2 s; the runner kills a spinning file 10 s later.
+    "--timeout-multiplier",
+    "0.2",
+    "x/",
+  ]);
+  assert!(
+    started.elapsed().as_secs() < 40,
+    "took {:?}",
+    started.elapsed()
+  );
+  // No expectations file: every failure is unexpected.
+  assert_eq!(output.status.code(), Some(1));
+  let text = stdout(&output);
+  assert!(
+    text.contains("not applicable: x/window-only.any.js (global=window: no worker scope)"),
+    "{text}"
+  );
+
+  let summary = read_json(&summary);
+  let file = |id: &str| summary["files"][id].clone();
+  for variant in ["x/meta.any.js?a", "x/meta.any.js?b"] {
+    let meta = file(variant);
+    assert_eq!(meta["status"], "OK", "{meta}");
+    assert_eq!(meta["passed"], 3, "{meta}");
+    assert_eq!(meta["failed"], 0, "{meta}");
+  }
+
+  let never = file("x/never.any.js");
+  assert_eq!(never["status"], "TIMEOUT", "{never}");
+  assert_eq!(never["passed"], 1, "{never}");
+  assert_eq!(never["failures"][0]["name"], "never settles", "{never}");
+  assert_eq!(never["failures"][0]["status"], "TIMEOUT", "{never}");
+
+  let spin = file("x/spin.any.js");
+  assert_eq!(spin["status"], "TIMEOUT", "{spin}");
+  assert!(
+    spin["message"].as_str().unwrap().contains("killed"),
+    "{spin}"
+  );
+  assert_eq!(spin["passed"], 1, "{spin}");
+
+  let throws = file("x/throws.any.js");
+  assert_eq!(throws["status"], "ERROR", "{throws}");
+  assert!(
+    throws["message"]
+      .as_str()
+      .unwrap()
+      .contains("top-level boom"),
+    "{throws}"
+  );
+
+  let worker = file("x/plain.worker.js");
+  assert_eq!(worker["status"], "OK", "{worker}");
+  assert_eq!(worker["passed"], 1, "{worker}");
+
+  assert!(summary["files"].get("x/window-only.any.js").is_none());
+  std::fs::remove_dir_all(&dir).ok();
+}
