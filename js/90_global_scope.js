@@ -219,7 +219,34 @@ function onRejectionHandled(promise, reason) {
   }
 }
 
+// Errors that ops raise as DOMExceptions (crypto, base64, encoding...) are
+// named "DOMException<Name>" on the Rust side; build the real thing here.
+const DOM_EXCEPTION_OP_ERRORS = [
+  "AbortError",
+  "DataError",
+  "IndexSizeError",
+  "InvalidCharacterError",
+  "InvalidStateError",
+  "NetworkError",
+  "NotSupportedError",
+  "OperationError",
+  "QuotaExceededError",
+  "SyntaxError",
+  "TypeMismatchError",
+];
+
+function registerDomExceptionErrors() {
+  const { DOMException } = web.domException;
+  for (const name of DOM_EXCEPTION_OP_ERRORS) {
+    core.registerErrorBuilder(
+      `DOMException${name}`,
+      (message) => new DOMException(message, name),
+    );
+  }
+}
+
 function installGlobalScope() {
+  registerDomExceptionErrors();
   // Log lines go to the process log, never to a terminal: no colours.
   web.consoleNs.setNoColorFns(() => true, () => true);
   ObjectDefineProperties(globalThis, globalScope);
