@@ -1,0 +1,219 @@
+//! A real-world app from npm, unchanged: a Hono app using its cors, etag and
+//! basicAuth middleware, its streaming helpers and multipart uploads parsed by
+//! `request.formData()`, bundled by esbuild (tests/fixtures/hono-middleware.js).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+struct Server {
+  child: Child,
+  base: String,
+}
+
+impl Drop for Server {
+  fn drop(&mut self) {
+    let _ = self.child.kill();
+    let _ = self.child.wait();
+  }
+}
+
+fn serve(fixture: &str) -> Server {
+  let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    .join("../tests/fixtures")
+    .join(fixture);
+  let mut child = Command::new(env!("CARGO_BIN_EXE_runtime"))
+    .args([
+      "serve",
+      script.to_str().unwrap(),
+      "--port",
+      "0",
+      "--threads",
+      "1",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("runtime starts");
+  let mut line = String::new();
+  BufReader::new(child.stdout.take().unwrap())
+    .read_line(&mut line)
+    .unwrap();
+  let base = line
+    .trim()
+    .strip_prefix("Listening on ")
+    .map(|b| b.trim_end_matches('/').to_string())
+    .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+  Server { child, base }
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+  tokio::time::timeout(Duration::from_secs(30), f)
+    .await
+    .expect("within 30 s")
+}
+
+#[tokio::test]
+async fn hono_cors_etag_basic_auth() {
+  let srv = serve("hono-middleware.js");
+  let c = reqwest::Client::new();
+  within(async {
+    let preflight = c
+      .request(reqwest::Method::OPTIONS, format!("{}/api/data", srv.base))
+      .header("origin", "https://app.example.com")
+      .header("access-control-request-method", "POST")
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(preflight.status(), 204);
+    let h = preflight.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["access-control-allow-methods"], "GET,POST");
+    assert_eq!(h["access-control-max-age"], "600");
+
+    let posted = c
+      .post(format!("{}/api/data", srv.base))
+      .header("origin", "https://app.example.com")
+      .header("content-type", "application/json")
+      .body(r#"{"a":1}"#)
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(
+      posted.headers()["access-control-allow-origin"],
+      "https://app.example.com"
+    );
+    assert_eq!(posted.text().await.unwrap(), r#"{"received":{"a":1}}"#);
+
+    let first = c
+      .get(format!("{}/etag/doc", srv.base))
+      .send()
+      .await
+      .unwrap();
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    assert!(etag.starts_with('"'), "{etag}");
+    let again = c
+      .get(format!("{}/etag/doc", srv.base))
+      .header("if-none-match", &etag)
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.text().await.unwrap(), "");
+
+    let denied = c
+      .get(format!("{}/admin/panel", srv.base))
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(denied.status(), 401);
+    assert!(denied.headers().contains_key("www-authenticate"));
+    let wrong = c
+      .get(format!("{}/admin/panel", srv.base))
+      .basic_auth("admin", Some("nope"))
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let allowed = c
+      .get(format!("{}/admin/panel", srv.base))
+      .basic_auth("admin", Some("s3cret"))
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(allowed.text().await.unwrap(), "welcome, admin");
+  })
+  .await;
+}
+
+#[tokio::test]
+async fn hono_streaming_helpers() {
+  let srv = serve("hono-middleware.js");
+  let c = reqwest::Client::new();
+  within(async {
+    let response = c
+      .get(format!("{}/stream/bytes", srv.base))
+      .send()
+      .await
+      .unwrap();
+    assert!(
+      response.content_length().is_none(),
+      "a stream has no length"
+    );
+    let mut body = response.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert_eq!(&first[..], b"chunk 1\n", "the first chunk comes on its own");
+    let mut rest = Vec::new();
+    while let Some(chunk) = body.next().await {
+      rest.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(String::from_utf8(rest).unwrap(), "chunk 2\nchunk 3\n");
+
+    let text = c
+      .get(format!("{}/stream/text", srv.base))
+      .send()
+      .await
+      .unwrap();
+    assert!(text.headers()["content-type"]
+      .to_str()
+      .unwrap()
+      .starts_with("text/plain"));
+    assert_eq!(text.text().await.unwrap(), "line 1\nline 2\n");
+
+    let sse = c
+      .get(format!("{}/stream/sse", srv.base))
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
+    assert_eq!(
+      sse.text().await.unwrap(),
+      "event: tick\ndata: tick 1\nid: 1\n\nevent: tick\ndata: tick 2\nid: 2\n\n"
+    );
+  })
+  .await;
+}
+
+#[tokio::test]
+async fn multipart_upload_parsed_by_form_data() {
+  let srv = serve("hono-middleware.js");
+  let boundary = "----runtime-test-boundary";
+  let body = format!(
+    "--{b}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nalice\r\n\
+     --{b}\r\nContent-Disposition: form-data; name=\"tag\"\r\n\r\na\r\n\
+     --{b}\r\nContent-Disposition: form-data; name=\"tag\"\r\n\r\nb\r\n\
+     --{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"notes.txt\"\r\n\
+     Content-Type: text/plain\r\n\r\nline one\r\nline two\r\n--{b}--\r\n",
+    b = boundary
+  );
+  let json: serde_json::Value = within(async {
+    reqwest::Client::new()
+      .post(format!("{}/upload", srv.base))
+      .header(
+        "content-type",
+        format!("multipart/form-data; boundary={boundary}"),
+      )
+      .body(body)
+      .send()
+      .await
+      .unwrap()
+      .json()
+      .await
+      .unwrap()
+  })
+  .await;
+  assert_eq!(
+    json,
+    serde_json::json!({
+      "name": "alice",
+      "fileName": "notes.txt",
+      "fileType": "text/plain",
+      "fileText": "line one\r\nline two",
+      "all": ["a", "b"],
+    })
+  );
+}
