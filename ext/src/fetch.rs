@@ -71,13 +71,47 @@ thread_local! {
   static CLIENT: RefCell<Option<(tokio::runtime::Id, HttpClient)>> = const { RefCell::new(None) };
 }
 
+/// The operator's own certificate authorities (an internal CA, a test CA):
+/// a PEM file named by `RUNTIME_CA_CERTS` in the runtime's environment,
+/// trusted by `fetch()` in addition to the webpki roots. Scripts never see
+/// the environment.
+const CA_CERTS_ENV: &str = "RUNTIME_CA_CERTS";
+
+fn add_operator_roots(roots: &mut rustls::RootCertStore) {
+  use rustls::pki_types::pem::PemObject;
+  use rustls::pki_types::CertificateDer;
+  let Some(path) = std::env::var_os(CA_CERTS_ENV) else {
+    return;
+  };
+  let certs = match CertificateDer::pem_file_iter(&path) {
+    Ok(certs) => certs,
+    Err(error) => {
+      tracing::warn!(
+        "{CA_CERTS_ENV}: cannot read {}: {error}",
+        path.to_string_lossy()
+      );
+      return;
+    }
+  };
+  for cert in certs {
+    match cert
+      .map_err(|e| e.to_string())
+      .and_then(|c| roots.add(c).map_err(|e| e.to_string()))
+    {
+      Ok(()) => {}
+      Err(error) => tracing::warn!("{CA_CERTS_ENV}: skipped a certificate: {error}"),
+    }
+  }
+}
+
 fn tls_config() -> rustls::ClientConfig {
   static CONFIG: OnceLock<rustls::ClientConfig> = OnceLock::new();
   CONFIG
     .get_or_init(|| {
-      let roots = rustls::RootCertStore {
+      let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
       };
+      add_operator_roots(&mut roots);
       rustls::ClientConfig::builder_with_provider(
         Arc::new(rustls::crypto::ring::default_provider()),
       )

@@ -75,9 +75,23 @@ impl Runtime {
     Self::start(&["serve", "--config", config.to_str().unwrap()])
   }
 
+  /// `runtime serve client.js` trusting the CA certificates in `pem` (RUNTIME_CA_CERTS).
+  fn script_trusting(pem: &Path) -> Runtime {
+    let script = fixtures().join("client.js");
+    Self::start_with_env(
+      &["serve", script.to_str().unwrap(), "--cpu-limit", "5000"],
+      &[("RUNTIME_CA_CERTS", pem.to_str().unwrap())],
+    )
+  }
+
   fn start(args: &[&str]) -> Runtime {
+    Self::start_with_env(args, &[])
+  }
+
+  fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Runtime {
     let mut child = Command::new(BIN)
       .args(args)
+      .envs(env.iter().copied())
       .args(["--port", "0", "--host", "127.0.0.1"])
       .stdin(Stdio::null())
       .stdout(Stdio::piped())
@@ -992,6 +1006,75 @@ async fn subrequest_limit_from_the_config() {
       (Some(3), &Value::Null),
       "{v}"
     );
+  })
+  .await;
+}
+
+/// An https upstream on 127.0.0.1 with the self-signed certificate in tests/fixtures/tls.
+async fn tls_upstream() -> SocketAddr {
+  use rustls::pki_types::pem::PemObject;
+  use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+  let tls = fixtures().join("../tls");
+  let certs = CertificateDer::pem_file_iter(tls.join("cert.pem"))
+    .unwrap()
+    .collect::<Result<Vec<_>, _>>()
+    .unwrap();
+  let key = PrivateKeyDer::from_pem_file(tls.join("key.pem")).unwrap();
+  let config =
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+      .with_safe_default_protocol_versions()
+      .unwrap()
+      .with_no_client_auth()
+      .with_single_cert(certs, key)
+      .unwrap();
+  let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+  let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+  let addr = listener.local_addr().unwrap();
+  tokio::spawn(async move {
+    while let Ok((stream, _)) = listener.accept().await {
+      let acceptor = acceptor.clone();
+      tokio::spawn(async move {
+        let Ok(tls) = acceptor.accept(stream).await else {
+          return;
+        };
+        let service = service_fn(|_req: http::Request<Incoming>| async {
+          Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(
+            b"hello over tls",
+          ))))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+          .serve_connection(TokioIo::new(tls), service)
+          .await;
+      });
+    }
+  });
+  addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_the_operators_ca_and_refused_without_it() {
+  within(60, async {
+    let up = Upstream::start().await;
+    let tls = tls_upstream().await;
+    let target = format!("https://127.0.0.1:{}/", tls.port());
+    let route = format!("/fetch-text?target={}", encode(&target));
+
+    let trusting = Runtime::script_trusting(&fixtures().join("../tls/ca.pem"));
+    let v = get_json(&trusting.url(&route, &up)).await;
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+      v["value"],
+      json!({"status": 200, "text": "hello over tls"}),
+      "{v}"
+    );
+
+    // The webpki roots alone do not trust a self-signed certificate.
+    let plain = Runtime::script();
+    let v = get_json(&plain.url(&route, &up)).await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["error"]["isTypeError"], true, "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("certificate"), "{message}");
   })
   .await;
 }
