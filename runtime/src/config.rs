@@ -107,8 +107,6 @@ pub struct WorkerConfig {
   /// Bindings: `vars` and `secrets`, as `env` (module syntax) or globals
   /// (service-worker syntax).
   pub bindings: Vec<(String, String)>,
-  /// Names of the bindings that are secrets: never logged.
-  pub secret_names: Vec<String>,
   pub isolation: Isolation,
   pub limits: WorkerLimits,
 }
@@ -142,7 +140,6 @@ impl EngineConfig {
         main,
         routes: vec![RoutePattern::parse("*/*")?],
         bindings: Vec::new(),
-        secret_names: Vec::new(),
         isolation,
         limits,
       }],
@@ -208,7 +205,6 @@ impl EngineConfig {
         main,
         routes,
         bindings,
-        secret_names: w.secrets,
         isolation: w.isolation,
         limits,
       });

@@ -7,7 +7,6 @@ use anyhow::bail;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutePattern {
-  source: String,
   host: String,
   path: String,
 }
@@ -29,14 +28,9 @@ impl RoutePattern {
       bail!("route pattern {pattern:?} has no host part (use \"*/path\" for any host)");
     }
     Ok(Self {
-      source: pattern.to_string(),
       host: host.to_ascii_lowercase(),
       path: path.to_string(),
     })
-  }
-
-  pub fn as_str(&self) -> &str {
-    &self.source
   }
 
   /// Literal characters: more means more specific.

@@ -265,10 +265,6 @@ impl Worker {
     })
   }
 
-  pub fn name(&self) -> &str {
-    &self.name
-  }
-
   /// Hands one request to the script (isolate entered by the caller). Its
   /// response arrives through the request's `respond` slot once the handler
   /// produced it.
@@ -455,10 +451,6 @@ impl Worker {
       }
     }
     !poisoned
-  }
-
-  pub fn memory_limit_mb(&self) -> u64 {
-    self.memory_mb
   }
 }
 

@@ -55,7 +55,6 @@ fn worker_config(name: String, main: &std::path::Path) -> WorkerConfig {
     main: main.to_path_buf(),
     routes: Vec::new(),
     bindings: Vec::new(),
-    secret_names: Vec::new(),
     isolation: Isolation::Isolate,
     limits: WorkerLimits::default(),
   }
