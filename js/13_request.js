@@ -4,6 +4,7 @@ import { core, primordials } from "ext:core/mod.js";
 import {
   abortSignal,
   consoleNs,
+  domException,
   url as urlNs,
   webidl,
 } from "ext:runtime/00_web.js";
@@ -33,6 +34,7 @@ const {
   ObjectGetOwnPropertyDescriptor,
   ObjectKeys,
   ObjectPrototypeIsPrototypeOf,
+  PromisePrototypeThen,
   RegExpPrototypeTest,
   SafeRegExp,
   StringPrototypeToUpperCase,
@@ -42,9 +44,11 @@ const {
 } = primordials;
 
 const { createFilteredInspectProxy } = consoleNs;
+const { DOMException } = domException;
 const { URL, URLPrototype } = urlNs;
 const { createDependentAbortSignal, newSignal, signalAbort } = abortSignal;
 const { getLocationHref } = core.loadExtScript("ext:deno_web/12_location.js");
+const { op_request_disconnected } = core.ops;
 
 const URLPrototypeGetHref = ObjectGetOwnPropertyDescriptor(URLPrototype, "href")
   .get;
@@ -63,6 +67,9 @@ const _url = Symbol("[[url]]");
 const _headers = Symbol("[[headers]]");
 const _body = Symbol("[[body]]");
 const _signal = Symbol("[[signal]]");
+// The engine's id of an incoming request: its signal aborts when the client
+// goes away before the response is handed over.
+const _serverRequestId = Symbol("[[serverRequestId]]");
 const _options = Symbol("[[options]]");
 
 /**
@@ -193,8 +200,25 @@ function getRequestSignal(request) {
   if (signal == null) {
     signal = newSignal();
     request[_signal] = signal;
+    const id = request[_serverRequestId];
+    if (id !== undefined) watchClientDisconnect(id, signal);
   }
   return signal;
+}
+
+// Watched only once a script asks for the signal: most never do. The watch
+// ends with the request, and while it lasts a handler waiting for the abort
+// is not "waiting on nothing": the client may still leave, or the wall-clock
+// limit end the request (which aborts the signal too).
+function watchClientDisconnect(id, signal) {
+  const disconnected = op_request_disconnected(id);
+  PromisePrototypeThen(disconnected, (gone) => {
+    if (gone && !signal.aborted) {
+      signal[signalAbort](
+        new DOMException("The client disconnected", "AbortError"),
+      );
+    }
+  });
 }
 
 const kInternal = Symbol("request.internal");
@@ -632,8 +656,9 @@ webidl.converters["RequestInit"] = webidl.createDictionaryConverter(
  * @param {ReadableStream | null} bodyStream
  * @returns {Request}
  */
-function newServerRequest(method, url, flatHeaders, bodyStream) {
+function newServerRequest(method, url, flatHeaders, bodyStream, id) {
   const request = new Request(kInternal);
+  request[_serverRequestId] = id;
   setRequestFields(
     request,
     method,

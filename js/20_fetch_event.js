@@ -194,7 +194,7 @@ function runHandler(id, method, url, headers, bodyRid) {
   const body = bodyRid === undefined ? null : readableStreamForRid(bodyRid);
   let result;
   try {
-    const request = newServerRequest(method, url, headers, body);
+    const request = newServerRequest(method, url, headers, body, id);
     if (moduleHandler !== null) {
       result = moduleHandler.fetch(
         request,

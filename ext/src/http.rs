@@ -7,6 +7,7 @@
 //! serde: strings and bytes are copied once, streams are read chunk by chunk
 //! from a deno_core resource.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -41,18 +42,35 @@ pub enum HandlerOutcome {
 #[derive(Default)]
 pub struct PendingResponses {
   next_id: u32,
-  slots: HashMap<u32, oneshot::Sender<HandlerOutcome>>,
+  slots: HashMap<u32, PendingResponse>,
+}
+
+struct PendingResponse {
+  respond: oneshot::Sender<HandlerOutcome>,
+  /// Settles once the server stops waiting for the response: `Ok` when it
+  /// got one (or gave up by a limit), `Err` when the client went away.
+  client: Option<oneshot::Receiver<()>>,
 }
 
 impl PendingResponses {
-  pub fn insert(&mut self, slot: oneshot::Sender<HandlerOutcome>) -> u32 {
+  pub fn insert(
+    &mut self,
+    respond: oneshot::Sender<HandlerOutcome>,
+    client: oneshot::Receiver<()>,
+  ) -> u32 {
     self.next_id = self.next_id.wrapping_add(1);
-    self.slots.insert(self.next_id, slot);
+    self.slots.insert(
+      self.next_id,
+      PendingResponse {
+        respond,
+        client: Some(client),
+      },
+    );
     self.next_id
   }
 
   pub fn take(&mut self, id: u32) -> Option<oneshot::Sender<HandlerOutcome>> {
-    self.slots.remove(&id)
+    self.slots.remove(&id).map(|slot| slot.respond)
   }
 
   pub fn is_empty(&self) -> bool {
@@ -64,9 +82,26 @@ impl PendingResponses {
   pub fn fail_all(&mut self, outcome: impl Fn() -> HandlerOutcome) -> usize {
     let n = self.slots.len();
     for (_, slot) in self.slots.drain() {
-      let _ = slot.send(outcome());
+      let _ = slot.respond.send(outcome());
     }
     n
+  }
+}
+
+/// Resolves `true` when the client of request `id` goes away before its
+/// response is handed over, `false` once the response went out (or if the
+/// request is already answered). Backs `request.signal` of incoming requests.
+#[op2]
+pub async fn op_request_disconnected(state: Rc<RefCell<OpState>>, #[smi] id: u32) -> bool {
+  let client = state
+    .borrow_mut()
+    .borrow_mut::<PendingResponses>()
+    .slots
+    .get_mut(&id)
+    .and_then(|slot| slot.client.take());
+  match client {
+    Some(client) => client.await.is_err(),
+    None => false,
   }
 }
 

@@ -19,6 +19,7 @@ deno_core::extension!(
     http::op_respond,
     http::op_respond_stream,
     http::op_respond_error,
+    http::op_request_disconnected,
     fetch::op_fetch,
     fetch::op_fetch_send,
   ],

@@ -11,7 +11,7 @@ use runtime_ext::http::HandlerOutcome;
 use tokio::sync::mpsc;
 
 use crate::config::{Isolation, WorkerConfig};
-use crate::worker::{IncomingRequest, Worker, WorkerContext};
+use crate::worker::{IncomingRequest, SharedWorker, Worker, WorkerContext};
 
 pub struct IsolatePool {
   workers: Rc<[WorkerConfig]>,
@@ -23,7 +23,9 @@ pub struct IsolatePool {
 }
 
 struct LiveWorker {
+  /// Requests for the worker's task (while it loads, or is busy).
   requests: mpsc::UnboundedSender<IncomingRequest>,
+  shared: Rc<SharedWorker>,
   last_used: u64,
 }
 
@@ -55,13 +57,18 @@ impl IsolatePool {
     self.live.borrow_mut().clear();
   }
 
-  fn spawn(&self, index: usize, requests: mpsc::UnboundedReceiver<IncomingRequest>) {
+  fn spawn(
+    &self,
+    index: usize,
+    shared: Rc<SharedWorker>,
+    requests: mpsc::UnboundedReceiver<IncomingRequest>,
+  ) {
     let running = RunningGuard::new(self.running.clone());
     let config = self.workers[index].clone();
     let ctx = self.ctx.clone();
     tokio::task::spawn_local(async move {
       let _running = running;
-      run_worker(config, ctx, requests).await;
+      run_worker(config, ctx, shared, requests).await;
     });
   }
 
@@ -81,27 +88,39 @@ impl IsolatePool {
       // and its waitUntil work are done.
       let (tx, rx) = mpsc::unbounded_channel();
       let _ = tx.send(request);
-      self.spawn(index, rx);
+      self.spawn(index, Rc::default(), rx);
       return;
     }
     let now = self.clock.get() + 1;
     self.clock.set(now);
-    let request = {
+    let warm = {
       let mut live = self.live.borrow_mut();
       match live.get_mut(&index) {
-        Some(worker) => {
+        Some(worker) if !worker.shared.is_stopped() => {
           worker.last_used = now;
-          match worker.requests.send(request) {
-            Ok(()) => return,
-            // The worker stopped (a limit, or it failed to start).
-            Err(mpsc::error::SendError(request)) => {
-              live.remove(&index);
-              request
-            }
-          }
+          Some((worker.shared.clone(), worker.requests.clone()))
         }
-        None => request,
+        // The worker stopped (a limit, or it failed to start).
+        Some(_) => {
+          live.remove(&index);
+          None
+        }
+        None => None,
       }
+    };
+    // The map is not borrowed while the handler runs.
+    let request = match warm {
+      Some((shared, requests)) => match shared.try_dispatch(request) {
+        None => return,
+        Some(request) => match requests.send(request) {
+          Ok(()) => return,
+          Err(mpsc::error::SendError(request)) => {
+            self.live.borrow_mut().remove(&index);
+            request
+          }
+        },
+      },
+      None => request,
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(request);
@@ -116,16 +135,18 @@ impl IsolatePool {
   ) {
     let now = self.clock.get() + 1;
     self.clock.set(now);
+    let shared = Rc::new(SharedWorker::default());
     let mut live = self.live.borrow_mut();
     live.insert(
       index,
       LiveWorker {
         requests: tx,
+        shared: shared.clone(),
         last_used: now,
       },
     );
     drop(live);
-    self.spawn(index, rx);
+    self.spawn(index, shared, rx);
     let mut live = self.live.borrow_mut();
     while live.len() > self.max_live {
       let Some((&oldest, _)) = live
@@ -148,14 +169,17 @@ impl IsolatePool {
 async fn run_worker(
   config: WorkerConfig,
   ctx: WorkerContext,
+  shared: Rc<SharedWorker>,
   mut requests: mpsc::UnboundedReceiver<IncomingRequest>,
 ) {
   match Worker::load(&config, &ctx).await {
-    Ok(mut worker) => {
-      worker.run(requests).await;
+    Ok(worker) => {
+      shared.install(worker);
+      Worker::serve(&shared, requests).await;
     }
     Err(error) => {
       tracing::error!(worker = %config.name, "failed to start: {error:#}");
+      shared.stop();
       requests.close();
       while let Ok(request) = requests.try_recv() {
         let _ = request.respond.send(HandlerOutcome::Unavailable(format!(

@@ -17,9 +17,9 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use runtime_ext::http::{BoxError, HandlerOutcome, ResponseBody};
 use tokio::sync::{oneshot, watch};
 
@@ -241,18 +241,18 @@ async fn serve_thread(
     shared,
     local_addr,
   });
-  let mut builder = auto::Builder::new(LocalExec);
-  builder
-    .http1()
+  let mut http1 = http1::Builder::new();
+  http1
     .timer(TokioTimer::new())
     .header_read_timeout(limits.header_read_timeout)
     .max_buf_size(limits.max_header_bytes.max(8192))
+    .max_header_size(limits.max_header_bytes)
     // One flat buffer per response: a single small write is cheaper for the
     // kernel than a two-part writev.
     .writev(false)
     .keep_alive(true);
-  builder
-    .http2()
+  let mut http2 = http2::Builder::new(LocalExec);
+  http2
     .timer(TokioTimer::new())
     .max_header_list_size(limits.max_header_bytes as u32);
   let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -270,10 +270,28 @@ async fn serve_thread(
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let service = service_fn(move |request| handle(request, ctx.clone()));
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
+        let (http1, http2, watcher) = (http1.clone(), http2.clone(), graceful.watcher());
+        let header_timeout = limits.header_read_timeout;
         tokio::task::spawn_local(async move {
-          if let Err(error) = connection.await {
+          let result = match tokio::time::timeout(header_timeout, is_http2(&stream)).await {
+            Ok(Ok(false)) => {
+              let connection = http1.serve_connection(TokioIo::new(stream), service);
+              watcher.watch(connection).await
+            }
+            Ok(Ok(true)) => {
+              let connection = http2.serve_connection(TokioIo::new(stream), service);
+              watcher.watch(connection).await
+            }
+            Ok(Err(error)) => {
+              tracing::debug!(%peer, "connection ended: {error}");
+              return;
+            }
+            Err(_) => {
+              tracing::debug!(%peer, "dropped: no request within the header timeout");
+              return;
+            }
+          };
+          if let Err(error) = result {
             tracing::debug!(%peer, "connection ended: {error}");
           }
         });
@@ -296,6 +314,26 @@ async fn serve_thread(
     }
   })
   .await;
+}
+
+/// Whether a connection speaks HTTP/2 with prior knowledge: its first bytes
+/// are the HTTP/2 preface (`PRI * HTTP/2.0...`), which no HTTP/1 request
+/// starts with. Peeks, so the bytes stay for the protocol's own parser.
+async fn is_http2(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
+  const PREFIX: &[u8] = b"PRI ";
+  let mut buf = [0u8; 4];
+  loop {
+    let n = stream.peek(&mut buf).await?;
+    if n == 0 || buf[..n] != PREFIX[..n] {
+      return Ok(false);
+    }
+    if n == PREFIX.len() {
+      return Ok(true);
+    }
+    // Only part of the prefix is here yet: the readiness stays set while
+    // those bytes wait, so wait a moment instead of peeking in a spin.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+  }
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
@@ -327,6 +365,24 @@ async fn handle(
     return Ok(plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"));
   }
 
+  // hyper enforces the limit only while a head arrives in pieces: one that
+  // came in whole, over the limit, is refused here.
+  let header_bytes: usize = parts
+    .headers
+    .iter()
+    .map(|(name, value)| name.as_str().len() + value.len() + 4)
+    .sum();
+  if header_bytes > ctx.shared.limits.max_header_bytes {
+    tracing::warn!(
+      "431: request headers of {header_bytes} bytes are over the {} byte limit",
+      ctx.shared.limits.max_header_bytes
+    );
+    return Ok(plain(
+      StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+      "Request Header Fields Too Large\n",
+    ));
+  }
+
   let host = request_host(&parts, ctx.local_addr);
   let Some(worker) = ctx.shared.router.route(&host, parts.uri.path()) else {
     return Ok(plain(StatusCode::NOT_FOUND, "No worker is routed here.\n"));
@@ -349,26 +405,41 @@ async fn handle(
       .boxed_unsync(),
     )
   };
-  let (respond, response) = oneshot::channel();
+  let (respond, mut response) = oneshot::channel();
+  // Dropped unsent with this future when the client goes away first.
+  let (waiting, client) = oneshot::channel::<()>();
   let incoming = IncomingRequest {
     method: parts.method,
     url,
     headers: parts.headers,
     body,
     respond,
+    client,
   };
   ctx.pool.dispatch(worker, incoming);
-  let Ok(outcome) = tokio::time::timeout(ctx.shared.limits.response_timeout, response).await else {
-    tracing::error!(
-      worker = %worker_name,
-      "504: no response within the {} s wall-clock limit",
-      ctx.shared.limits.response_timeout.as_secs()
-    );
-    return Ok(plain(
-      StatusCode::GATEWAY_TIMEOUT,
-      "Gateway Timeout: the worker did not respond in time.\n",
-    ));
+  // Most handlers have answered by the time dispatch returns: only a
+  // response still to come needs the wall-clock timer.
+  let outcome = match response.try_recv() {
+    Ok(outcome) => Ok(outcome),
+    Err(oneshot::error::TryRecvError::Closed) => Err(()),
+    Err(oneshot::error::TryRecvError::Empty) => {
+      match tokio::time::timeout(ctx.shared.limits.response_timeout, response).await {
+        Ok(outcome) => outcome.map_err(drop),
+        Err(_) => {
+          tracing::error!(
+            worker = %worker_name,
+            "504: no response within the {} s wall-clock limit",
+            ctx.shared.limits.response_timeout.as_secs()
+          );
+          return Ok(plain(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Gateway Timeout: the worker did not respond in time.\n",
+          ));
+        }
+      }
+    }
   };
+  let _ = waiting.send(());
   if too_large.load(Ordering::Relaxed) {
     tracing::warn!(
       worker = %worker_name,

@@ -32,6 +32,9 @@ pub struct IncomingRequest {
   pub headers: HeaderMap,
   pub body: Option<RequestBody>,
   pub respond: oneshot::Sender<HandlerOutcome>,
+  /// Settles when the server stops waiting: `Ok` normally, `Err` (dropped)
+  /// when the client went away first; aborts `request.signal`.
+  pub client: oneshot::Receiver<()>,
 }
 
 /// Why a response could not come: nothing left in the isolate can produce it.
@@ -275,13 +278,14 @@ impl Worker {
       headers,
       body,
       respond,
+      client,
     } = request;
     let runtime = &mut *self.rt.runtime;
     let state = runtime.op_state();
     let id = state
       .borrow_mut()
       .borrow_mut::<PendingResponses>()
-      .insert(respond);
+      .insert(respond, client);
     let body_rid = body.map(|body| {
       state
         .borrow_mut()
@@ -317,6 +321,12 @@ impl Worker {
     v8::tc_scope!(let scope, scope);
     let undefined = v8::undefined(scope).into();
     dispatch.call(scope, undefined, &[id_value, method, url, headers, body]);
+    if !scope.has_terminated() && scope.exception().is_none() {
+      // A handler that answers from a settled promise (any `async fetch`)
+      // has its response after the microtasks: run them now, so the
+      // response is there when the dispatch returns.
+      scope.perform_microtask_checkpoint();
+    }
     if slice.fired() {
       let previous = self.poison.0.take();
       self.poison.0.set(Some(previous.unwrap_or_else(|| {
@@ -433,24 +443,109 @@ impl Worker {
     }
   }
 
-  /// Serves requests from `requests` until it is closed and every request
-  /// and all work left in the isolate (timers, `waitUntil`) is done, or a
-  /// limit stops the isolate. Returns whether the isolate is still usable.
-  pub async fn run(&mut self, mut requests: mpsc::UnboundedReceiver<IncomingRequest>) -> bool {
+  /// Serves requests from `requests` (and those dispatched straight into
+  /// it through `shared`) until the channel is closed and every request and
+  /// all work left in the isolate (timers, `waitUntil`) is done, or a limit
+  /// stops the isolate. Returns whether the isolate is still usable.
+  pub async fn serve(
+    shared: &SharedWorker,
+    mut requests: mpsc::UnboundedReceiver<IncomingRequest>,
+  ) -> bool {
     let mut closed = false;
-    poll_fn(|cx| self.poll_turn(cx, &mut requests, &mut closed)).await;
-    let poisoned = self.poison.0.take().is_some();
+    poll_fn(|cx| {
+      shared.register_task(cx.waker());
+      if shared.stopped.get() {
+        return Poll::Ready(());
+      }
+      let mut slot = shared.worker.borrow_mut();
+      let worker = slot.as_mut().expect("a serving worker is loaded");
+      let turn = worker.poll_turn(cx, &mut requests, &mut closed);
+      if turn.is_ready() {
+        shared.stopped.set(true);
+      }
+      turn
+    })
+    .await;
+    let Some(worker) = shared.worker.borrow_mut().take() else {
+      return false;
+    };
+    let poisoned = worker.poison.0.take().is_some();
     if poisoned {
       // Requests that were queued behind the one that broke the isolate.
       requests.close();
       while let Ok(request) = requests.try_recv() {
         let _ = request.respond.send(HandlerOutcome::Unavailable(format!(
           "worker {:?} was stopped by a limit",
-          self.name
+          worker.name
         )));
       }
     }
+    drop(worker);
     !poisoned
+  }
+}
+
+/// A loaded worker as its thread shares it. The worker's own task drives its
+/// event loop (timers, I/O, `waitUntil`); the request path dispatches straight
+/// into the isolate whenever the task is not using it, so a request the
+/// handler answers at once is answered without a hop through the task.
+#[derive(Default)]
+pub struct SharedWorker {
+  worker: std::cell::RefCell<Option<Worker>>,
+  task: std::cell::RefCell<Option<std::task::Waker>>,
+  /// Set once the worker stopped (a limit, or its task ended): it takes no
+  /// more requests.
+  stopped: Cell<bool>,
+}
+
+impl SharedWorker {
+  /// Installs the loaded worker; [`Worker::serve`] then drives it.
+  pub fn install(&self, worker: Worker) {
+    *self.worker.borrow_mut() = Some(worker);
+  }
+
+  pub fn is_stopped(&self) -> bool {
+    self.stopped.get()
+  }
+
+  /// The worker will take no more requests (it failed to start).
+  pub fn stop(&self) {
+    self.stopped.set(true);
+  }
+
+  fn register_task(&self, waker: &std::task::Waker) {
+    let mut task = self.task.borrow_mut();
+    if !task.as_ref().is_some_and(|w| w.will_wake(waker)) {
+      *task = Some(waker.clone());
+    }
+  }
+
+  /// Runs `request`'s handler now if the worker is loaded and free, then
+  /// lets its task poll the event loop for whatever the handler started.
+  /// Hands the request back when the worker cannot take it this way (not
+  /// loaded yet, stopped, or its task is using it).
+  pub fn try_dispatch(&self, request: IncomingRequest) -> Option<IncomingRequest> {
+    if self.stopped.get() {
+      return Some(request);
+    }
+    let Ok(mut slot) = self.worker.try_borrow_mut() else {
+      return Some(request);
+    };
+    let Some(worker) = slot.as_mut() else {
+      return Some(request);
+    };
+    {
+      let _entered = Entered::new(worker.rt.isolate());
+      worker.dispatch(request);
+      if worker.check_poisoned() {
+        self.stopped.set(true);
+      }
+    }
+    drop(slot);
+    if let Some(task) = self.task.borrow().as_ref() {
+      task.wake_by_ref();
+    }
+    None
   }
 }
 

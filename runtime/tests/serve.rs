@@ -2155,3 +2155,42 @@ async fn request_properties_seen_by_the_handler() {
   })
   .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_signal_aborts_when_the_client_disconnects() {
+  within(60, async {
+    let srv = serve_one_isolate(&fixture("client-disconnect.js"));
+    let c = client();
+    // Answered requests never abort their signal.
+    for _ in 0..3 {
+      assert_eq!(
+        get_text(&c, &srv.url("/quick")).await,
+        (200, "false".into())
+      );
+    }
+    assert_eq!(get_text(&c, &srv.url("/count")).await, (200, "[]".into()));
+
+    // A client that gives up on /wait: its request's signal aborts.
+    let mut conn = RawConn::connect(srv.port).await;
+    conn.send(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    // The handler must be waiting on the signal before the client leaves.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(conn);
+    let mut seen = String::new();
+    for _ in 0..100 {
+      seen = get_text(&c, &srv.url("/count")).await.1;
+      if seen != "[]" {
+        break;
+      }
+      tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+      seen,
+      r#"["AbortError: The client disconnected"]"#,
+      "stderr:\n{}",
+      srv.stderr()
+    );
+    assert_still_serving(&srv, "/quick", "false").await;
+  })
+  .await;
+}
