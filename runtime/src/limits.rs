@@ -189,6 +189,11 @@ impl ArrayBufferBudget {
     self.exceeded.load(Ordering::Acquire)
   }
 
+  /// Bytes of ArrayBuffer memory held now.
+  pub fn used(&self) -> usize {
+    self.used.load(Ordering::Acquire)
+  }
+
   fn reserve(&self, len: usize) -> bool {
     let used = self.used.fetch_add(len, Ordering::AcqRel) + len;
     if used <= self.limit {

@@ -17,6 +17,8 @@ pub struct IsolatePool {
   workers: Rc<[WorkerConfig]>,
   ctx: WorkerContext,
   max_live: usize,
+  /// This thread's share of `[engine] max_memory_mb`, in bytes.
+  memory_budget: Option<usize>,
   live: RefCell<HashMap<usize, LiveWorker>>,
   clock: Cell<u64>,
   running: Rc<Cell<usize>>,
@@ -27,14 +29,22 @@ struct LiveWorker {
   requests: mpsc::UnboundedSender<IncomingRequest>,
   shared: Rc<SharedWorker>,
   last_used: u64,
+  /// Its memory when last measured (it may be busy when measured again).
+  memory_bytes: usize,
 }
 
 impl IsolatePool {
-  pub fn new(workers: Rc<[WorkerConfig]>, ctx: WorkerContext, max_live: usize) -> Self {
+  pub fn new(
+    workers: Rc<[WorkerConfig]>,
+    ctx: WorkerContext,
+    max_live: usize,
+    memory_budget: Option<usize>,
+  ) -> Self {
     Self {
       workers,
       ctx,
       max_live: max_live.max(1),
+      memory_budget,
       live: RefCell::new(HashMap::new()),
       clock: Cell::new(0),
       running: Rc::new(Cell::new(0)),
@@ -143,6 +153,7 @@ impl IsolatePool {
         requests: tx,
         shared: shared.clone(),
         last_used: now,
+        memory_bytes: 0,
       },
     );
     drop(live);
@@ -160,6 +171,46 @@ impl IsolatePool {
       // then its isolate is dropped.
       live.remove(&oldest);
       tracing::debug!(worker = %self.workers[oldest].name, "evicted (least recently used)");
+    }
+  }
+}
+
+impl IsolatePool {
+  /// Keeps the warm workers' memory (V8 heaps and ArrayBuffers) within the
+  /// thread's budget: past it, the least recently used are evicted (they
+  /// finish what they have in flight, then their isolates are dropped). The
+  /// most recently used one always stays.
+  pub fn enforce_memory_budget(&self) {
+    let Some(budget) = self.memory_budget else {
+      return;
+    };
+    let mut live = self.live.borrow_mut();
+    let mut usage: Vec<(usize, u64, usize)> = live
+      .iter_mut()
+      .map(|(&index, worker)| {
+        if let Some(bytes) = worker.shared.memory_bytes() {
+          worker.memory_bytes = bytes;
+        }
+        (index, worker.last_used, worker.memory_bytes)
+      })
+      .collect();
+    let mut total: usize = usage.iter().map(|&(_, _, bytes)| bytes).sum();
+    if total <= budget {
+      return;
+    }
+    usage.sort_by_key(|&(_, last_used, _)| last_used);
+    for (index, _, bytes) in usage {
+      if total <= budget || live.len() <= 1 {
+        break;
+      }
+      live.remove(&index);
+      tracing::info!(
+        worker = %self.workers[index].name,
+        "evicted (least recently used): warm isolates held {} MiB, over this thread's {} MiB share of max_memory_mb",
+        total >> 20,
+        budget >> 20
+      );
+      total -= bytes;
     }
   }
 }

@@ -53,6 +53,9 @@ impl Default for Limits {
   }
 }
 
+/// How often a thread measures its warm isolates against `max_memory_mb`.
+const MEMORY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
 pub struct ServeOptions {
   pub config: EngineConfig,
   pub addr: SocketAddr,
@@ -104,6 +107,10 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
     ),
     workers: options.config.workers.clone(),
     max_live_per_thread: options.config.max_isolates.div_ceil(options.threads),
+    memory_per_thread: options
+      .config
+      .max_memory_mb
+      .map(|mb| (mb as usize).saturating_mul(1 << 20) / options.threads.max(1)),
     limits: options.limits,
   });
 
@@ -168,6 +175,7 @@ struct SharedConfig {
   router: Router,
   workers: Vec<WorkerConfig>,
   max_live_per_thread: usize,
+  memory_per_thread: Option<usize>,
   limits: Limits,
 }
 
@@ -229,6 +237,7 @@ async fn serve_thread(
     shared.workers.clone().into(),
     WorkerContext::for_current_thread(),
     shared.max_live_per_thread,
+    shared.memory_per_thread,
   );
   if shared.workers.len() == 1 {
     pool.prewarm(0);
@@ -241,6 +250,19 @@ async fn serve_thread(
     shared,
     local_addr,
   });
+  if ctx.shared.memory_per_thread.is_some() {
+    // Heaps grow between requests too (timers, waitUntil): measured on a
+    // tick rather than on the request path.
+    let ctx = ctx.clone();
+    tokio::task::spawn_local(async move {
+      let mut tick = tokio::time::interval(MEMORY_CHECK_INTERVAL);
+      tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+      loop {
+        tick.tick().await;
+        ctx.pool.enforce_memory_budget();
+      }
+    });
+  }
   let mut http1 = http1::Builder::new();
   http1
     .timer(TokioTimer::new())

@@ -348,6 +348,13 @@ impl Worker {
     }
   }
 
+  /// Memory the isolate holds: its V8 heap plus its ArrayBuffers.
+  fn memory_bytes(&mut self) -> usize {
+    let _entered = Entered::new(self.rt.isolate());
+    let heap = self.rt.runtime.v8_isolate().get_heap_statistics();
+    heap.used_heap_size() + self.array_buffers.used()
+  }
+
   fn poison_with(&self, reason: String) {
     let previous = self.poison.0.take();
     self.poison.0.set(Some(previous.unwrap_or(reason)));
@@ -506,6 +513,12 @@ impl SharedWorker {
 
   pub fn is_stopped(&self) -> bool {
     self.stopped.get()
+  }
+
+  /// Memory the worker's isolate holds, if it is loaded and not in use.
+  pub fn memory_bytes(&self) -> Option<usize> {
+    let mut slot = self.worker.try_borrow_mut().ok()?;
+    slot.as_mut().map(Worker::memory_bytes)
   }
 
   /// The worker will take no more requests (it failed to start).

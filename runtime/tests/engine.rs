@@ -1331,3 +1331,54 @@ async fn three_hundred_workers_start_and_route() {
   })
   .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// [engine] max_memory_mb
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_memory_mb_evicts_the_least_recently_used_workers() {
+  within(60, async {
+    // A 90 MiB budget, one thread, workers that hold 32 MiB each once grown: two fit.
+    let mut srv = serve(config_cmd("memory.toml", 1));
+    let c = client();
+    let expect = |v: &Value, name: &str, count: u64, held: u64| {
+      assert_eq!(v["name"], json!(name), "{v}");
+      assert_eq!(v["count"], json!(count), "{name}: {v}");
+      assert_eq!(v["held_mib"], json!(held), "{name}: {v}");
+    };
+    expect(&get_json(&c, &srv, "a.test", "/grow").await.1, "A", 1, 32);
+    expect(&get_json(&c, &srv, "b.test", "/grow").await.1, "B", 1, 32);
+    // A is now the most recently used; A and B fit the budget.
+    expect(&get_json(&c, &srv, "a.test", "/").await.1, "A", 2, 32);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+      srv.log_lines_with(&["evicted", "max_memory_mb"]).is_empty(),
+      "nothing should be evicted while under the budget:\n{}",
+      srv.stderr()
+    );
+
+    // C grows past the budget: B, the least recently used, goes.
+    expect(&get_json(&c, &srv, "c.test", "/grow").await.1, "C", 1, 32);
+    srv
+      .wait_for_log_lines(&["evicted", "max_memory_mb", "worker=B"], 1, 10)
+      .await;
+    expect(&get_json(&c, &srv, "a.test", "/").await.1, "A", 3, 32);
+    expect(&get_json(&c, &srv, "c.test", "/").await.1, "C", 2, 32);
+    // B comes back with a fresh isolate.
+    expect(&get_json(&c, &srv, "b.test", "/").await.1, "B", 1, 0);
+    assert!(
+      srv.log_lines_with(&["evicted", "worker=A"]).is_empty(),
+      "{}",
+      srv.stderr()
+    );
+    assert!(
+      srv.log_lines_with(&["evicted", "worker=C"]).is_empty(),
+      "{}",
+      srv.stderr()
+    );
+    srv.assert_alive();
+    srv.stop_cleanly().await;
+  })
+  .await;
+}

@@ -143,7 +143,7 @@ fn main() {
       worker_config("b".into(), &script),
     ]
     .into();
-    let pool = IsolatePool::new(configs, ctx.clone(), 1);
+    let pool = IsolatePool::new(configs, ctx.clone(), 1, None);
     let rounds = (count / 4).max(20);
     let mut cold = Vec::with_capacity(rounds);
     for i in 0..rounds {
@@ -162,7 +162,7 @@ fn main() {
       ..worker_config("isolated".into(), &script)
     }]
     .into();
-    let pool = IsolatePool::new(isolated, ctx.clone(), 1);
+    let pool = IsolatePool::new(isolated, ctx.clone(), 1, None);
     let mut per_request = Vec::with_capacity(rounds);
     for _ in 0..rounds {
       tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -181,7 +181,7 @@ fn main() {
       .collect::<Vec<_>>()
       .into();
     let before = rss_kib();
-    let pool = IsolatePool::new(configs, ctx.clone(), count);
+    let pool = IsolatePool::new(configs, ctx.clone(), count, None);
     for i in 0..count {
       request(&pool, i).await;
     }
