@@ -2,9 +2,9 @@
 // either syntax (service worker `addEventListener("fetch")` or a module's
 // `export default { fetch }`), and how its Response goes back.
 import { core, primordials } from "ext:core/mod.js";
-import { event, streams, webidl } from "ext:runtime/00_web.js";
+import { event, streams, url as urlNs, webidl } from "ext:runtime/00_web.js";
 import { newServerRequest } from "ext:runtime/13_request.js";
-import { extractResponseParts } from "ext:runtime/14_response.js";
+import { extractResponseParts, Response } from "ext:runtime/14_response.js";
 
 const { op_log, op_respond, op_respond_error, op_respond_stream } = core.ops;
 const {
@@ -233,6 +233,30 @@ function runHandler(id, method, url, headers, bodyRid) {
   }
 }
 
+// Build time only: runs the request path once on engine-made objects, so the
+// functions it uses are compiled into the startup snapshot; otherwise every
+// isolate compiles them lazily on its first request. Nothing it creates is
+// kept, and no op is called (there is no request to answer at build time).
+function warmUpRequestPath() {
+  const request = newServerRequest(
+    "GET",
+    "http://warm.up/path?query=1",
+    ["host", "warm.up", "accept", "*/*"],
+    null,
+    undefined,
+  );
+  request.headers.get("accept");
+  new urlNs.URL(request.url).searchParams.get("query");
+  const event = new FetchEvent(illegalConstructor, request);
+  event.respondWith(
+    new Response("warm", { headers: { "content-type": "text/plain" } }),
+  );
+  event.waitUntil(PromiseResolve());
+  extractResponseParts(event[_response]);
+  extractResponseParts(Response.json({ warm: true }));
+  new ExecutionContext(illegalConstructor);
+}
+
 webidl.configureInterface?.(FetchEvent);
 
 export {
@@ -243,4 +267,5 @@ export {
   FetchEvent,
   reportToLog,
   setHandler,
+  warmUpRequestPath,
 };

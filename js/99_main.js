@@ -3,7 +3,11 @@
 // calls it, and it removes itself and every engine internal from the
 // global scope before the user's module is loaded.
 import { core, primordials } from "ext:core/mod.js";
-import { dispatchFetch, setHandler } from "ext:runtime/20_fetch_event.js";
+import {
+  dispatchFetch,
+  setHandler,
+  warmUpRequestPath,
+} from "ext:runtime/20_fetch_event.js";
 import { installGlobalScope } from "ext:runtime/90_global_scope.js";
 import { handleWasmStreaming } from "ext:runtime/25_wasm_streaming.js";
 import { performance } from "ext:runtime/00_web.js";
@@ -11,6 +15,7 @@ import { performance } from "ext:runtime/00_web.js";
 const { ReflectDeleteProperty } = primordials;
 
 installGlobalScope();
+warmUpRequestPath();
 
 function bootstrap() {
   // deno_core keeps this callback per isolate, outside the snapshot.
