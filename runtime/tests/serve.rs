@@ -2194,3 +2194,30 @@ async fn request_signal_aborts_when_the_client_disconnects() {
   })
   .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacks_through_a_bundle_point_at_its_original_sources() {
+  within(60, async {
+    // The same esbuild bundle with its source map in a file and inline.
+    for bundle in ["external.js", "inline.js"] {
+      let srv = serve(&fixture(&format!("sourcemap/{bundle}")));
+      let c = client();
+      assert_eq!(get_text(&c, &srv.url("/throw")).await.0, 500);
+      srv.wait_for_stderr("boom: from a handler", 10).await;
+      srv.wait_for_stderr("sourcemap.src.js", 10).await;
+      let log = srv.stderr();
+      for frame in [
+        "tests/fixtures/src/sourcemap-helpers.src.js:3:9",
+        "tests/fixtures/src/sourcemap.src.js:9:7",
+      ] {
+        assert!(log.contains(frame), "{bundle}: no frame {frame}:\n{log}");
+      }
+      assert!(
+        !log.contains(&format!("sourcemap/{bundle}:")),
+        "{bundle}: a frame still points into the bundle:\n{log}"
+      );
+      assert_still_serving(&srv, "/", "ok").await;
+    }
+  })
+  .await;
+}
