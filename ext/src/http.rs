@@ -124,16 +124,46 @@ fn build_response(
   while i + 1 < len {
     let name = headers.get_index(scope, i).unwrap();
     let value = headers.get_index(scope, i + 1).unwrap();
-    let name = name.to_rust_string_lossy(scope);
-    let value = value.to_rust_string_lossy(scope);
-    let name = HeaderName::from_bytes(name.as_bytes())
-      .map_err(|_| JsErrorBox::type_error(format!("invalid header name {name:?}")))?;
-    let value = HeaderValue::from_str(&value)
-      .map_err(|_| JsErrorBox::type_error(format!("invalid header value for {name}")))?;
+    let name = with_byte_string(scope, name, |bytes| {
+      HeaderName::from_bytes(bytes).map_err(|_| {
+        JsErrorBox::type_error(format!(
+          "invalid header name {:?}",
+          String::from_utf8_lossy(bytes)
+        ))
+      })
+    })??;
+    let value = with_byte_string(scope, value, |bytes| {
+      HeaderValue::from_bytes(bytes)
+        .map_err(|_| JsErrorBox::type_error(format!("invalid header value for {name}")))
+    })??;
     map.append(name, value);
     i += 2;
   }
   Ok(response)
+}
+
+/// Runs `f` on the bytes of a header name or value without copying them out
+/// of V8: Fetch header names and values are byte strings, one byte per
+/// character (the JavaScript layer has checked them).
+fn with_byte_string<R>(
+  scope: &mut v8::PinScope<'_, '_>,
+  value: v8::Local<'_, v8::Value>,
+  f: impl FnOnce(&[u8]) -> R,
+) -> Result<R, JsErrorBox> {
+  let string = v8::Local::<v8::String>::try_from(value)
+    .map_err(|_| JsErrorBox::type_error("header names and values must be strings"))?;
+  let view = v8::ValueView::new(scope, string);
+  match view.data() {
+    v8::ValueViewData::OneByte(bytes) => Ok(f(bytes)),
+    v8::ValueViewData::TwoByte(units) => {
+      let bytes = units
+        .iter()
+        .map(|&unit| u8::try_from(unit))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| JsErrorBox::type_error("header value is not a byte string"))?;
+      Ok(f(&bytes))
+    }
+  }
 }
 
 fn send(state: &mut OpState, id: u32, outcome: HandlerOutcome) {

@@ -492,19 +492,18 @@ async fn handle(
 
 /// The host a request was sent to: the authority (HTTP/2) or the Host header
 /// (HTTP/1), falling back to the address it came in on.
-fn request_host(parts: &http::request::Parts, local: SocketAddr) -> String {
-  parts
-    .uri
-    .authority()
-    .map(|a| a.as_str().to_string())
-    .or_else(|| {
-      parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-    })
-    .unwrap_or_else(|| local.to_string())
+fn request_host(parts: &http::request::Parts, local: SocketAddr) -> std::borrow::Cow<'_, str> {
+  if let Some(authority) = parts.uri.authority() {
+    return authority.as_str().into();
+  }
+  match parts
+    .headers
+    .get(header::HOST)
+    .and_then(|h| h.to_str().ok())
+  {
+    Some(host) => host.into(),
+    None => local.to_string().into(),
+  }
 }
 
 /// A request body that fails once it grows past the limit, and says so.

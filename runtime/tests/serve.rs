@@ -2221,3 +2221,26 @@ async fn stacks_through_a_bundle_point_at_its_original_sources() {
   })
   .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_headers_go_out_as_byte_strings() {
+  within(60, async {
+    let srv = serve(&fixture("response-headers.js"));
+    let r = client().get(srv.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+      r.headers().get("x-latin1").map(|v| v.as_bytes().to_vec()),
+      Some(b"caf\xe9".to_vec())
+    );
+    assert_eq!(header(&r, "x-plain").as_deref(), Some("ok"));
+    let cookies: Vec<&str> = r
+      .headers()
+      .get_all("set-cookie")
+      .iter()
+      .map(|v| v.to_str().unwrap())
+      .collect();
+    assert_eq!(cookies, ["a=1; Path=/", "b=2"]);
+    assert_eq!(r.text().await.unwrap(), "headers");
+  })
+  .await;
+}
