@@ -68,6 +68,7 @@ const {
   createProxy,
   createReadableByteStream,
   getReadableStreamResourceBacking,
+  getReadableStreamStoredError,
   isReadableStreamDisturbed,
   isReadableStreamLocked,
   readableByteStreamControllerClose,
@@ -688,6 +689,12 @@ const EMPTY_BOX = { __proto__: null, v: "" };
  */
 function consumeBody(inner, prefix) {
   if (inner == null) return PromiseResolve(EMPTY_BOX);
+  // A body whose stream has errored (an aborted fetch) fails with that error
+  // at once, on every call, as browsers do: the caller's promise is already
+  // rejected when it is returned.
+  const stream = inner.stream;
+  const error = stream === null ? undefined : getReadableStreamStoredError(stream);
+  if (error !== undefined) throw error;
   if (isBodyUnusable(inner)) {
     throw new TypeError(
       `${prefix}: Body is unusable: it has already been read or is locked`,

@@ -234,7 +234,7 @@ function processDataURL(href) {
   return { mimeType: mimesniff.serializeMimeType(record), body };
 }
 
-function fetchDataURL(href) {
+function fetchDataURL(href, head) {
   const result = processDataURL(href);
   if (result === null) {
     throw new TypeError(`fetch failed: invalid data: URL ${href}`);
@@ -244,7 +244,7 @@ function fetchDataURL(href) {
     200,
     "OK",
     ["content-type", mimeType],
-    new InnerBody(null, body, TypedArrayPrototypeGetByteLength(body)),
+    head ? null : new InnerBody(null, body, TypedArrayPrototypeGetByteLength(body)),
     withoutFragment(href),
     false,
   );
@@ -401,13 +401,34 @@ const REQUEST_BODY_HEADERS = [
   "content-type",
 ];
 
+const HEX_DIGITS = "0123456789ABCDEF";
+
+/**
+ * A Location header value is bytes (one per character here): bytes above
+ * 0x7F are percent-encoded as they are, so UTF-8 in a Location arrives as
+ * that UTF-8 (not re-encoded), and invalid UTF-8 survives, as in browsers.
+ * @param {string} location
+ */
+function locationBytesToURL(location) {
+  let out = "";
+  let start = 0;
+  for (let i = 0; i < location.length; ++i) {
+    const byte = StringPrototypeCharCodeAt(location, i);
+    if (byte < 0x80) continue;
+    out += StringPrototypeSlice(location, start, i) + "%" +
+      HEX_DIGITS[byte >> 4] + HEX_DIGITS[byte & 0xf];
+    start = i + 1;
+  }
+  return start === 0 ? location : out + StringPrototypeSlice(location, start);
+}
+
 /**
  * Applies "HTTP-redirect fetch" to `state` for a redirect to `location`.
  * Throws a TypeError where the standard returns a network error.
  */
 function followRedirect(state, status, location, redirects) {
   const current = parseURL(state.url);
-  const target = parseURL(location, state.url);
+  const target = parseURL(locationBytesToURL(location), state.url);
   if (target === null) {
     throw new TypeError(
       `fetch failed: ${state.url} redirected (${status}) to an invalid URL: '${location}'`,
@@ -512,7 +533,8 @@ async function runFetch(request) {
 
   const url = parseURL(state.url);
   const scheme = url === null ? "" : FunctionPrototypeCall(URLPrototypeGetProtocol, url);
-  if (scheme === "data:") return fetchDataURL(state.url);
+  // Main fetch: a HEAD response has no body, whatever its scheme.
+  if (scheme === "data:") return fetchDataURL(state.url, state.method === "HEAD");
   if (scheme === "blob:") return fetchBlobURL(state.url, state.method, state.headers);
   if (scheme !== "http:" && scheme !== "https:") {
     throw new TypeError(
