@@ -221,18 +221,42 @@ function onRejectionHandled(promise, reason) {
 
 // Errors that ops raise as DOMExceptions (crypto, base64, encoding...) are
 // named "DOMException<Name>" on the Rust side; build the real thing here.
+// Every name of the DOMException names table (WebIDL), so that an op error
+// of any of them reaches scripts as a DOMException of that name.
 const DOM_EXCEPTION_OP_ERRORS = [
   "AbortError",
+  "ConstraintError",
+  "DataCloneError",
   "DataError",
+  "EncodingError",
+  "HierarchyRequestError",
   "IndexSizeError",
+  "InUseAttributeError",
+  "InvalidAccessError",
   "InvalidCharacterError",
+  "InvalidModificationError",
+  "InvalidNodeTypeError",
   "InvalidStateError",
+  "NamespaceError",
   "NetworkError",
+  "NoModificationAllowedError",
+  "NotAllowedError",
+  "NotFoundError",
+  "NotReadableError",
   "NotSupportedError",
   "OperationError",
+  "OptOutError",
   "QuotaExceededError",
+  "ReadOnlyError",
+  "SecurityError",
   "SyntaxError",
+  "TimeoutError",
+  "TransactionInactiveError",
   "TypeMismatchError",
+  "UnknownError",
+  "URLMismatchError",
+  "VersionError",
+  "WrongDocumentError",
 ];
 
 function registerDomExceptionErrors() {
