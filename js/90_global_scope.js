@@ -29,10 +29,57 @@ const { event, streams } = web;
 
 const illegalConstructor = Symbol("illegalConstructor");
 
-class ServiceWorkerGlobalScope extends event.EventTarget {
+// WorkerGlobalScope, as HTML defines it, carries the attributes of the
+// WindowOrWorkerGlobalScope mixin; of those, `performance` (hr-time) is an
+// accessor of its prototype, where idlharness looks for it. The rest stay
+// own properties of the global object.
+class WorkerGlobalScope extends event.EventTarget {
   constructor(key) {
     if (key !== illegalConstructor) throw new TypeError("Illegal constructor");
     super();
+  }
+
+  get performance() {
+    assertGlobal(this);
+    return web.performance.performance;
+  }
+
+  // [Replaceable]
+  set performance(value) {
+    ObjectDefineProperty(assertGlobal(this), "performance", {
+      __proto__: null,
+      value,
+      writable: true,
+      enumerable: true,
+      configurable: true,
+    });
+  }
+
+  get [SymbolToStringTag]() {
+    return "WorkerGlobalScope";
+  }
+}
+
+// WebIDL attributes are enumerable.
+ObjectDefineProperty(WorkerGlobalScope.prototype, "performance", {
+  __proto__: null,
+  enumerable: true,
+});
+
+// The `this` of an attribute of the global scope: undefined or null stand
+// for the global object (WebIDL), anything else that is not it is an error.
+function assertGlobal(self) {
+  self ??= globalThis;
+  if (!ObjectPrototypeIsPrototypeOf(WorkerGlobalScope.prototype, self)) {
+    throw new TypeError("Illegal invocation");
+  }
+  return self;
+}
+
+class ServiceWorkerGlobalScope extends WorkerGlobalScope {
+  constructor(key) {
+    if (key !== illegalConstructor) throw new TypeError("Illegal constructor");
+    super(key);
   }
 
   // deno_web reports an uncaught exception (from a listener, a timer, a
@@ -174,6 +221,7 @@ const globalScope = {
   Request: nonEnumerable(Request),
   Response: nonEnumerable(Response),
   ServiceWorkerGlobalScope: nonEnumerable(ServiceWorkerGlobalScope),
+  WorkerGlobalScope: nonEnumerable(WorkerGlobalScope),
   // functions and attributes
   atob: enumerable(web.base64.atob),
   btoa: enumerable(web.base64.btoa),
@@ -182,7 +230,6 @@ const globalScope = {
   console: nonEnumerable(new web.consoleNs.Console(printer)),
   fetch: enumerable(fetch),
   navigator: getter(() => navigator),
-  performance: enumerable(web.performance.performance),
   reportError: enumerable(event.reportError),
   setInterval: enumerable(web.timers.setInterval),
   setTimeout: enumerable(web.timers.setTimeout),
