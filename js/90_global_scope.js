@@ -16,6 +16,10 @@ import {
 import { fetch } from "ext:runtime/30_fetch.js";
 
 const {
+  ArrayBuffer,
+  ArrayPrototypeIndexOf,
+  ArrayPrototypePush,
+  FunctionPrototypeCall,
   ObjectDefineProperties,
   ObjectDefineProperty,
   ObjectPrototypeIsPrototypeOf,
@@ -25,7 +29,8 @@ const {
   TypeError,
 } = primordials;
 const { op_log } = core.ops;
-const { event, streams } = web;
+const { event, streams, webidl } = web;
+const { DOMException } = web.domException;
 
 const illegalConstructor = Symbol("illegalConstructor");
 
@@ -151,6 +156,55 @@ const getter = (get) => ({
   configurable: true,
 });
 
+// structuredClone, with what deno_web's lacks: the ArrayBuffers of the
+// transfer list are detached once cloned (deno_web copies them and leaves
+// them usable), and anything in it that cannot be transferred is a
+// DataCloneError (not a TypeError from deep inside).
+const arrayBufferTransfer = ArrayBuffer.prototype.transfer;
+function structuredClone(value, options = undefined) {
+  const prefix = "Failed to execute 'structuredClone'";
+  webidl.requiredArguments(arguments.length, 1, prefix);
+  if (options === undefined) {
+    return web.messagePort.structuredClone(value);
+  }
+  const { transfer } = webidl.converters.StructuredSerializeOptions(
+    options,
+    prefix,
+    "Argument 2",
+  );
+  const buffers = [];
+  for (let i = 0; i < transfer.length; i++) {
+    const item = transfer[i];
+    if (ArrayPrototypeIndexOf(transfer, item) !== i) {
+      throw new DOMException(
+        "The transfer list contains an object twice",
+        "DataCloneError",
+      );
+    }
+    if (core.isArrayBuffer(item)) {
+      ArrayPrototypePush(buffers, item);
+      continue;
+    }
+    const type = item[core.hostObjectBrand];
+    if (
+      type === undefined || core.getTransferableResource(type) === undefined
+    ) {
+      throw new DOMException("Value not transferable", "DataCloneError");
+    }
+  }
+  const clone = web.messagePort.structuredClone(value, { transfer });
+  for (let i = 0; i < buffers.length; i++) {
+    FunctionPrototypeCall(arrayBufferTransfer, buffers[i]);
+  }
+  return clone;
+}
+
+// Fetch's interfaces are not serializable: deno_web's structuredClone
+// throws a DataCloneError for objects so marked.
+for (const Interface of [FormData, Headers, Request, Response]) {
+  web.messagePort.markNotSerializable(Interface.prototype);
+}
+
 const printer = (message, level) => op_log(level === 4 ? 3 : level, message);
 
 const globalScope = {
@@ -233,7 +287,7 @@ const globalScope = {
   reportError: enumerable(event.reportError),
   setInterval: enumerable(web.timers.setInterval),
   setTimeout: enumerable(web.timers.setTimeout),
-  structuredClone: enumerable(web.messagePort.structuredClone),
+  structuredClone: enumerable(structuredClone),
 };
 
 function onUnhandledRejection(promise, reason) {
