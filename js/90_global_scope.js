@@ -16,6 +16,10 @@ import {
 import { fetch } from "ext:runtime/30_fetch.js";
 
 const {
+  ArrayBuffer,
+  ArrayPrototypeIndexOf,
+  ArrayPrototypePush,
+  FunctionPrototypeCall,
   ObjectDefineProperties,
   ObjectDefineProperty,
   ObjectPrototypeIsPrototypeOf,
@@ -25,14 +29,62 @@ const {
   TypeError,
 } = primordials;
 const { op_log } = core.ops;
-const { event, streams } = web;
+const { event, streams, webidl } = web;
+const { DOMException } = web.domException;
 
 const illegalConstructor = Symbol("illegalConstructor");
 
-class ServiceWorkerGlobalScope extends event.EventTarget {
+// WorkerGlobalScope, as HTML defines it, carries the attributes of the
+// WindowOrWorkerGlobalScope mixin; of those, `performance` (hr-time) is an
+// accessor of its prototype, where idlharness looks for it. The rest stay
+// own properties of the global object.
+class WorkerGlobalScope extends event.EventTarget {
   constructor(key) {
     if (key !== illegalConstructor) throw new TypeError("Illegal constructor");
     super();
+  }
+
+  get performance() {
+    assertGlobal(this);
+    return web.performance.performance;
+  }
+
+  // [Replaceable]
+  set performance(value) {
+    ObjectDefineProperty(assertGlobal(this), "performance", {
+      __proto__: null,
+      value,
+      writable: true,
+      enumerable: true,
+      configurable: true,
+    });
+  }
+
+  get [SymbolToStringTag]() {
+    return "WorkerGlobalScope";
+  }
+}
+
+// WebIDL attributes are enumerable.
+ObjectDefineProperty(WorkerGlobalScope.prototype, "performance", {
+  __proto__: null,
+  enumerable: true,
+});
+
+// The `this` of an attribute of the global scope: undefined or null stand
+// for the global object (WebIDL), anything else that is not it is an error.
+function assertGlobal(self) {
+  self ??= globalThis;
+  if (!ObjectPrototypeIsPrototypeOf(WorkerGlobalScope.prototype, self)) {
+    throw new TypeError("Illegal invocation");
+  }
+  return self;
+}
+
+class ServiceWorkerGlobalScope extends WorkerGlobalScope {
+  constructor(key) {
+    if (key !== illegalConstructor) throw new TypeError("Illegal constructor");
+    super(key);
   }
 
   // deno_web reports an uncaught exception (from a listener, a timer, a
@@ -104,6 +156,55 @@ const getter = (get) => ({
   configurable: true,
 });
 
+// structuredClone, with what deno_web's lacks: the ArrayBuffers of the
+// transfer list are detached once cloned (deno_web copies them and leaves
+// them usable), and anything in it that cannot be transferred is a
+// DataCloneError (not a TypeError from deep inside).
+const arrayBufferTransfer = ArrayBuffer.prototype.transfer;
+function structuredClone(value, options = undefined) {
+  const prefix = "Failed to execute 'structuredClone'";
+  webidl.requiredArguments(arguments.length, 1, prefix);
+  if (options === undefined) {
+    return web.messagePort.structuredClone(value);
+  }
+  const { transfer } = webidl.converters.StructuredSerializeOptions(
+    options,
+    prefix,
+    "Argument 2",
+  );
+  const buffers = [];
+  for (let i = 0; i < transfer.length; i++) {
+    const item = transfer[i];
+    if (ArrayPrototypeIndexOf(transfer, item) !== i) {
+      throw new DOMException(
+        "The transfer list contains an object twice",
+        "DataCloneError",
+      );
+    }
+    if (core.isArrayBuffer(item)) {
+      ArrayPrototypePush(buffers, item);
+      continue;
+    }
+    const type = item[core.hostObjectBrand];
+    if (
+      type === undefined || core.getTransferableResource(type) === undefined
+    ) {
+      throw new DOMException("Value not transferable", "DataCloneError");
+    }
+  }
+  const clone = web.messagePort.structuredClone(value, { transfer });
+  for (let i = 0; i < buffers.length; i++) {
+    FunctionPrototypeCall(arrayBufferTransfer, buffers[i]);
+  }
+  return clone;
+}
+
+// Fetch's interfaces are not serializable: deno_web's structuredClone
+// throws a DataCloneError for objects so marked.
+for (const Interface of [FormData, Headers, Request, Response]) {
+  web.messagePort.markNotSerializable(Interface.prototype);
+}
+
 const printer = (message, level) => op_log(level === 4 ? 3 : level, message);
 
 const globalScope = {
@@ -174,6 +275,7 @@ const globalScope = {
   Request: nonEnumerable(Request),
   Response: nonEnumerable(Response),
   ServiceWorkerGlobalScope: nonEnumerable(ServiceWorkerGlobalScope),
+  WorkerGlobalScope: nonEnumerable(WorkerGlobalScope),
   // functions and attributes
   atob: enumerable(web.base64.atob),
   btoa: enumerable(web.base64.btoa),
@@ -182,11 +284,10 @@ const globalScope = {
   console: nonEnumerable(new web.consoleNs.Console(printer)),
   fetch: enumerable(fetch),
   navigator: getter(() => navigator),
-  performance: enumerable(web.performance.performance),
   reportError: enumerable(event.reportError),
   setInterval: enumerable(web.timers.setInterval),
   setTimeout: enumerable(web.timers.setTimeout),
-  structuredClone: enumerable(web.messagePort.structuredClone),
+  structuredClone: enumerable(structuredClone),
 };
 
 function onUnhandledRejection(promise, reason) {
@@ -221,18 +322,42 @@ function onRejectionHandled(promise, reason) {
 
 // Errors that ops raise as DOMExceptions (crypto, base64, encoding...) are
 // named "DOMException<Name>" on the Rust side; build the real thing here.
+// Every name of the DOMException names table (WebIDL), so that an op error
+// of any of them reaches scripts as a DOMException of that name.
 const DOM_EXCEPTION_OP_ERRORS = [
   "AbortError",
+  "ConstraintError",
+  "DataCloneError",
   "DataError",
+  "EncodingError",
+  "HierarchyRequestError",
   "IndexSizeError",
+  "InUseAttributeError",
+  "InvalidAccessError",
   "InvalidCharacterError",
+  "InvalidModificationError",
+  "InvalidNodeTypeError",
   "InvalidStateError",
+  "NamespaceError",
   "NetworkError",
+  "NoModificationAllowedError",
+  "NotAllowedError",
+  "NotFoundError",
+  "NotReadableError",
   "NotSupportedError",
   "OperationError",
+  "OptOutError",
   "QuotaExceededError",
+  "ReadOnlyError",
+  "SecurityError",
   "SyntaxError",
+  "TimeoutError",
+  "TransactionInactiveError",
   "TypeMismatchError",
+  "UnknownError",
+  "URLMismatchError",
+  "VersionError",
+  "WrongDocumentError",
 ];
 
 function registerDomExceptionErrors() {

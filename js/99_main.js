@@ -10,6 +10,7 @@ import {
 } from "ext:runtime/20_fetch_event.js";
 import { installGlobalScope } from "ext:runtime/90_global_scope.js";
 import { handleWasmStreaming } from "ext:runtime/25_wasm_streaming.js";
+import { hideCryptoInternals } from "ext:runtime/40_crypto.js";
 import { performance } from "ext:runtime/00_web.js";
 
 const { ReflectDeleteProperty } = primordials;
@@ -22,6 +23,7 @@ function bootstrap() {
   core.setWasmStreamingCallback(handleWasmStreaming);
   // performance.timeOrigin: when this isolate started.
   performance.setTimeOrigin();
+  hideCryptoInternals();
   ReflectDeleteProperty(globalThis, "__runtimeBootstrap");
   ReflectDeleteProperty(globalThis, "Deno");
   ReflectDeleteProperty(globalThis, "__bootstrap");

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod console;
+pub mod crypto;
 pub mod fetch;
 pub mod http;
 
@@ -16,6 +17,7 @@ deno_core::extension!(
   deps = [deno_webidl, deno_web, deno_crypto],
   ops = [
     console::op_log,
+    crypto::op_runtime_aes_gcm,
     http::op_respond,
     http::op_respond_stream,
     http::op_respond_error,
@@ -35,6 +37,7 @@ deno_core::extension!(
     "20_fetch_event.js",
     "25_wasm_streaming.js",
     "30_fetch.js",
+    "40_crypto.js",
     "90_global_scope.js",
     "99_main.js",
   ],
