@@ -77,6 +77,11 @@ impl PendingResponses {
     self.slots.is_empty()
   }
 
+  /// Whether request `id` still waits for its response.
+  pub fn is_waiting(&self, id: u32) -> bool {
+    self.slots.contains_key(&id)
+  }
+
   /// Fails every request still waiting: used when nothing left in the
   /// isolate can ever produce their responses.
   pub fn fail_all(&mut self, outcome: impl Fn() -> HandlerOutcome) -> usize {

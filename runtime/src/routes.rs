@@ -42,6 +42,14 @@ impl RoutePattern {
   fn matches(&self, host: &str, path: &str) -> bool {
     glob(&self.host, host) && glob(&self.path, path)
   }
+
+  /// `*/*`: every request matches.
+  fn matches_everything(&self) -> bool {
+    self.host.bytes().all(|c| c == b'*')
+      && self.path.len() > 1
+      && self.path.starts_with('/')
+      && self.path[1..].bytes().all(|c| c == b'*')
+  }
 }
 
 /// `*` matches any run of characters (including none).
@@ -87,6 +95,13 @@ impl Router {
 
   /// The worker for `host` (a Host header, port ignored) and `path`.
   pub fn route(&self, host: &str, path: &str) -> Option<usize> {
+    // The one-worker shorthand routes everything to its worker: no need to
+    // look at the host.
+    if let Some((pattern, worker)) = self.entries.first() {
+      if pattern.matches_everything() {
+        return Some(*worker);
+      }
+    }
     let host = strip_port(host).to_ascii_lowercase();
     self
       .entries
@@ -137,6 +152,19 @@ mod tests {
     assert_eq!(r.route("other.org", "/v1/users"), Some(1));
     assert_eq!(r.route("api.example.com", "/v1/admin/x"), Some(2));
     assert_eq!(r.route("other.org", "/"), Some(0));
+  }
+
+  #[test]
+  fn catch_all_alone_takes_everything_and_narrower_patterns_still_route() {
+    let r = router(&[&["*/*"]]);
+    assert_eq!(r.route("anything.example:1", "/a/b?c"), Some(0));
+    assert_eq!(r.route("", "/"), Some(0));
+    let r = router(&[&["*/"]]);
+    assert_eq!(r.route("a.example", "/"), Some(0));
+    assert_eq!(r.route("a.example", "/x"), None);
+    let r = router(&[&["*/*"], &["b.example/*"]]);
+    assert_eq!(r.route("b.example", "/x"), Some(1));
+    assert_eq!(r.route("c.example", "/x"), Some(0));
   }
 
   #[test]

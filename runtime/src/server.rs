@@ -410,23 +410,20 @@ async fn handle(
     return Ok(plain(StatusCode::NOT_FOUND, "No worker is routed here.\n"));
   };
   let worker_name = &ctx.pool.worker(worker).name;
-  let url = format!(
-    "http://{host}{}",
-    parts.uri.path_and_query().map_or("/", |p| p.as_str())
-  );
-  let too_large = Arc::new(AtomicBool::new(false));
-  let body = if body.is_end_stream() {
-    None
-  } else {
-    Some(
-      LimitedBody {
-        inner: body,
-        remaining: ctx.shared.limits.max_body_bytes,
-        exceeded: too_large.clone(),
-      }
-      .boxed_unsync(),
-    )
-  };
+  let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+  let mut url = String::with_capacity(7 + host.len() + path.len());
+  url.push_str("http://");
+  url.push_str(&host);
+  url.push_str(path);
+  let too_large = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+  let body = too_large.as_ref().map(|exceeded| {
+    LimitedBody {
+      inner: body,
+      remaining: ctx.shared.limits.max_body_bytes,
+      exceeded: exceeded.clone(),
+    }
+    .boxed_unsync()
+  });
   let (respond, mut response) = oneshot::channel();
   // Dropped unsent with this future when the client goes away first.
   let (waiting, client) = oneshot::channel::<()>();
@@ -462,7 +459,7 @@ async fn handle(
     }
   };
   let _ = waiting.send(());
-  if too_large.load(Ordering::Relaxed) {
+  if too_large.is_some_and(|t| t.load(Ordering::Relaxed)) {
     tracing::warn!(
       worker = %worker_name,
       "413: request body is over the {} byte limit",

@@ -270,8 +270,9 @@ impl Worker {
 
   /// Hands one request to the script (isolate entered by the caller). Its
   /// response arrives through the request's `respond` slot once the handler
-  /// produced it.
-  fn dispatch(&mut self, request: IncomingRequest) {
+  /// produced it; returns whether it has already (the handler answered
+  /// without waiting on anything).
+  fn dispatch(&mut self, request: IncomingRequest) -> bool {
     let IncomingRequest {
       method,
       url,
@@ -346,6 +347,9 @@ impl Worker {
         let _ = slot.send(HandlerOutcome::Error(message));
       }
     }
+    let state = JsRuntime::op_state_from(scope);
+    let waiting = state.borrow().borrow::<PendingResponses>().is_waiting(id);
+    !waiting
   }
 
   /// Memory the isolate holds: its V8 heap plus its ArrayBuffers.
@@ -396,7 +400,7 @@ impl Worker {
       while !*closed {
         match requests.poll_recv(cx) {
           Poll::Ready(Some(request)) => {
-            self.dispatch(request);
+            let _answered = self.dispatch(request);
             if self.check_poisoned() {
               return Poll::Ready(());
             }
@@ -503,7 +507,13 @@ pub struct SharedWorker {
   /// Set once the worker stopped (a limit, or its task ended): it takes no
   /// more requests.
   stopped: Cell<bool>,
+  /// A turn of the event loop is scheduled (see `defer_turn`).
+  turn_deferred: Cell<bool>,
 }
+
+/// How long a worker whose requests were all answered on the spot may go
+/// without a turn of its event loop.
+const DEFERRED_TURN: Duration = Duration::from_millis(10);
 
 impl SharedWorker {
   /// Installs the loaded worker; [`Worker::serve`] then drives it.
@@ -537,7 +547,7 @@ impl SharedWorker {
   /// lets its task poll the event loop for whatever the handler started.
   /// Hands the request back when the worker cannot take it this way (not
   /// loaded yet, stopped, or its task is using it).
-  pub fn try_dispatch(&self, request: IncomingRequest) -> Option<IncomingRequest> {
+  pub fn try_dispatch(self: &Rc<Self>, request: IncomingRequest) -> Option<IncomingRequest> {
     if self.stopped.get() {
       return Some(request);
     }
@@ -547,18 +557,47 @@ impl SharedWorker {
     let Some(worker) = slot.as_mut() else {
       return Some(request);
     };
-    {
+    let answered = {
       let _entered = Entered::new(worker.rt.isolate());
-      worker.dispatch(request);
+      let answered = worker.dispatch(request);
       if worker.check_poisoned() {
         self.stopped.set(true);
       }
-    }
+      answered && !self.stopped.get()
+    };
     drop(slot);
+    if answered {
+      // Anything the handler started that needs the event loop wakes the
+      // task itself (a fetch completing, a timer firing); what only a turn
+      // of the loop notices (an unhandled rejection to report) waits for
+      // the next turn, which comes within DEFERRED_TURN at the latest.
+      self.defer_turn();
+    } else {
+      self.wake_task();
+    }
+    None
+  }
+
+  fn wake_task(&self) {
     if let Some(task) = self.task.borrow().as_ref() {
       task.wake_by_ref();
     }
-    None
+  }
+
+  /// Makes sure the task takes a turn of the event loop soon: one timer per
+  /// worker however many requests are answered meanwhile.
+  fn defer_turn(self: &Rc<Self>) {
+    if self.turn_deferred.replace(true) {
+      return;
+    }
+    let this = Rc::downgrade(self);
+    tokio::task::spawn_local(async move {
+      tokio::time::sleep(DEFERRED_TURN).await;
+      if let Some(this) = this.upgrade() {
+        this.turn_deferred.set(false);
+        this.wake_task();
+      }
+    });
   }
 }
 
