@@ -2,67 +2,18 @@
 //! basicAuth middleware, its streaming helpers and multipart uploads parsed by
 //! `request.formData()`, bundled by esbuild (tests/fixtures/hono-middleware.js).
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
+use common::*;
 use futures::StreamExt;
-
-struct Server {
-  child: Child,
-  base: String,
-}
-
-impl Drop for Server {
-  fn drop(&mut self) {
-    let _ = self.child.kill();
-    let _ = self.child.wait();
-  }
-}
-
-fn serve(fixture: &str) -> Server {
-  let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-    .join("../tests/fixtures")
-    .join(fixture);
-  let mut child = Command::new(env!("CARGO_BIN_EXE_runtime"))
-    .args([
-      "serve",
-      script.to_str().unwrap(),
-      "--port",
-      "0",
-      "--threads",
-      "1",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("runtime starts");
-  let mut line = String::new();
-  BufReader::new(child.stdout.take().unwrap())
-    .read_line(&mut line)
-    .unwrap();
-  let base = line
-    .trim()
-    .strip_prefix("Listening on ")
-    .map(|b| b.trim_end_matches('/').to_string())
-    .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-  Server { child, base }
-}
-
-async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
-  tokio::time::timeout(Duration::from_secs(30), f)
-    .await
-    .expect("within 30 s")
-}
 
 #[tokio::test]
 async fn hono_cors_etag_basic_auth() {
-  let srv = serve("hono-middleware.js");
+  let srv = serve_one_isolate(&fixture("hono-middleware.js"));
   let c = reqwest::Client::new();
-  within(async {
+  within(30, async {
     let preflight = c
-      .request(reqwest::Method::OPTIONS, format!("{}/api/data", srv.base))
+      .request(reqwest::Method::OPTIONS, srv.url("/api/data"))
       .header("origin", "https://app.example.com")
       .header("access-control-request-method", "POST")
       .send()
@@ -75,7 +26,7 @@ async fn hono_cors_etag_basic_auth() {
     assert_eq!(h["access-control-max-age"], "600");
 
     let posted = c
-      .post(format!("{}/api/data", srv.base))
+      .post(srv.url("/api/data"))
       .header("origin", "https://app.example.com")
       .header("content-type", "application/json")
       .body(r#"{"a":1}"#)
@@ -88,15 +39,11 @@ async fn hono_cors_etag_basic_auth() {
     );
     assert_eq!(posted.text().await.unwrap(), r#"{"received":{"a":1}}"#);
 
-    let first = c
-      .get(format!("{}/etag/doc", srv.base))
-      .send()
-      .await
-      .unwrap();
+    let first = c.get(srv.url("/etag/doc")).send().await.unwrap();
     let etag = first.headers()["etag"].to_str().unwrap().to_string();
     assert!(etag.starts_with('"'), "{etag}");
     let again = c
-      .get(format!("{}/etag/doc", srv.base))
+      .get(srv.url("/etag/doc"))
       .header("if-none-match", &etag)
       .send()
       .await
@@ -104,22 +51,18 @@ async fn hono_cors_etag_basic_auth() {
     assert_eq!(again.status(), 304);
     assert_eq!(again.text().await.unwrap(), "");
 
-    let denied = c
-      .get(format!("{}/admin/panel", srv.base))
-      .send()
-      .await
-      .unwrap();
+    let denied = c.get(srv.url("/admin/panel")).send().await.unwrap();
     assert_eq!(denied.status(), 401);
     assert!(denied.headers().contains_key("www-authenticate"));
     let wrong = c
-      .get(format!("{}/admin/panel", srv.base))
+      .get(srv.url("/admin/panel"))
       .basic_auth("admin", Some("nope"))
       .send()
       .await
       .unwrap();
     assert_eq!(wrong.status(), 401);
     let allowed = c
-      .get(format!("{}/admin/panel", srv.base))
+      .get(srv.url("/admin/panel"))
       .basic_auth("admin", Some("s3cret"))
       .send()
       .await
@@ -132,14 +75,10 @@ async fn hono_cors_etag_basic_auth() {
 
 #[tokio::test]
 async fn hono_streaming_helpers() {
-  let srv = serve("hono-middleware.js");
+  let srv = serve_one_isolate(&fixture("hono-middleware.js"));
   let c = reqwest::Client::new();
-  within(async {
-    let response = c
-      .get(format!("{}/stream/bytes", srv.base))
-      .send()
-      .await
-      .unwrap();
+  within(30, async {
+    let response = c.get(srv.url("/stream/bytes")).send().await.unwrap();
     assert!(
       response.content_length().is_none(),
       "a stream has no length"
@@ -153,22 +92,14 @@ async fn hono_streaming_helpers() {
     }
     assert_eq!(String::from_utf8(rest).unwrap(), "chunk 2\nchunk 3\n");
 
-    let text = c
-      .get(format!("{}/stream/text", srv.base))
-      .send()
-      .await
-      .unwrap();
+    let text = c.get(srv.url("/stream/text")).send().await.unwrap();
     assert!(text.headers()["content-type"]
       .to_str()
       .unwrap()
       .starts_with("text/plain"));
     assert_eq!(text.text().await.unwrap(), "line 1\nline 2\n");
 
-    let sse = c
-      .get(format!("{}/stream/sse", srv.base))
-      .send()
-      .await
-      .unwrap();
+    let sse = c.get(srv.url("/stream/sse")).send().await.unwrap();
     assert_eq!(sse.headers()["content-type"], "text/event-stream");
     assert_eq!(
       sse.text().await.unwrap(),
@@ -180,7 +111,7 @@ async fn hono_streaming_helpers() {
 
 #[tokio::test]
 async fn multipart_upload_parsed_by_form_data() {
-  let srv = serve("hono-middleware.js");
+  let srv = serve_one_isolate(&fixture("hono-middleware.js"));
   let boundary = "----runtime-test-boundary";
   let body = format!(
     "--{b}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nalice\r\n\
@@ -190,9 +121,9 @@ async fn multipart_upload_parsed_by_form_data() {
      Content-Type: text/plain\r\n\r\nline one\r\nline two\r\n--{b}--\r\n",
     b = boundary
   );
-  let json: serde_json::Value = within(async {
+  let json: serde_json::Value = within(30, async {
     reqwest::Client::new()
-      .post(format!("{}/upload", srv.base))
+      .post(srv.url("/upload"))
       .header(
         "content-type",
         format!("multipart/form-data; boundary={boundary}"),

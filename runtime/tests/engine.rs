@@ -9,349 +9,37 @@
 //! No timing assertions: the tests prove behaviour (limits fire, eviction restores, routes route)
 //! and order of events, with generous deadlines only so that nothing hangs.
 
-use std::future::Future;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_runtime");
-
 // ---------------------------------------------------------------------------------------------
-// Harness (a trimmed copy of the one in serve.rs, plus config files and environment)
+// Helpers for these tests (the shared harness is in common/mod.rs): configs, Host headers
 // ---------------------------------------------------------------------------------------------
-
-fn repo_root() -> PathBuf {
-  Path::new(env!("CARGO_MANIFEST_DIR"))
-    .parent()
-    .unwrap()
-    .to_path_buf()
-}
 
 /// `tests/fixtures/engine/<name>`.
-fn fixture(name: &str) -> PathBuf {
-  repo_root().join("tests/fixtures/engine").join(name)
+fn engine_fixture(name: &str) -> PathBuf {
+  fixture("engine").join(name)
 }
 
-/// Runs a test body with a time limit, so nothing hangs forever.
-async fn within<T>(secs: u64, f: impl Future<Output = T>) -> T {
-  match tokio::time::timeout(Duration::from_secs(secs), f).await {
-    Ok(v) => v,
-    Err(_) => panic!("test did not finish within {secs}s"),
-  }
-}
-
-/// Awaits `f`, panicking with `what` if it takes longer than `secs`.
-async fn deadline<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
-  match tokio::time::timeout(Duration::from_secs(secs), f).await {
-    Ok(v) => v,
-    Err(_) => panic!("timed out after {secs}s: {what}"),
-  }
-}
-
-type Buf = Arc<Mutex<Vec<u8>>>;
-
-fn text(buf: &Buf) -> String {
-  String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
-}
-
-fn pump(mut r: impl Read + Send + 'static, buf: Buf) -> JoinHandle<()> {
-  std::thread::spawn(move || {
-    let mut chunk = [0u8; 8192];
-    loop {
-      match r.read(&mut chunk) {
-        Ok(0) | Err(_) => break,
-        Ok(n) => buf.lock().unwrap().extend_from_slice(&chunk[..n]),
-      }
-    }
-  })
-}
-
-/// A running `runtime serve` process. Killed on drop; its stderr is printed if the test failed.
-struct Server {
-  child: Child,
-  port: u16,
-  stderr: Buf,
-  exit: Option<ExitStatus>,
-}
-
-/// What `launch` saw: either the server is listening, or it exited before printing the line.
-enum Launch {
-  Listening(Server),
-  Exited { status: ExitStatus, stderr: String },
-}
-
-/// `runtime serve <args...>`, with the runtime's log filter at its default (an inherited
-/// `RUST_LOG` would change what the tests read in the log).
-fn serve_cmd(args: &[&str]) -> Command {
-  let mut cmd = Command::new(BIN);
-  cmd.arg("serve").args(args).env_remove("RUST_LOG");
-  cmd
-}
-
-/// `runtime serve --config <fixture> --port 0 --host 127.0.0.1 --threads <threads>`.
+/// `runtime serve --config <engine fixture> --port 0 --host 127.0.0.1 --threads <threads>`.
 fn config_cmd(config: &str, threads: usize) -> Command {
-  let path = fixture(config);
-  let threads = threads.to_string();
-  serve_cmd(&[
-    "--config",
-    path.to_str().unwrap(),
-    "--port",
-    "0",
-    "--host",
-    "127.0.0.1",
-    "--threads",
-    &threads,
-  ])
-}
-
-/// `runtime serve <fixture script> --port 0 --host 127.0.0.1 --threads 1 <extra...>`.
-fn shorthand_cmd(script: &str, extra: &[&str]) -> Command {
-  let path = fixture(script);
-  let mut args = vec![
-    path.to_str().unwrap(),
-    "--port",
-    "0",
-    "--host",
-    "127.0.0.1",
-    "--threads",
-    "1",
-  ];
-  args.extend_from_slice(extra);
-  serve_cmd(&args)
-}
-
-/// Starts `cmd` and waits (up to `secs`) for the exact `Listening on http://127.0.0.1:PORT/` line
-/// on stdout, or for the process to exit without it.
-fn launch_within(mut cmd: Command, secs: u64) -> Launch {
+  let mut cmd = serve_config_cmd(&engine_fixture(config));
+  cmd.args(["--threads", &threads.to_string()]);
   cmd
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-  let mut child = cmd.spawn().expect("failed to spawn the runtime binary");
-
-  let stderr: Buf = Arc::default();
-  let stderr_thread = pump(child.stderr.take().unwrap(), stderr.clone());
-
-  let (line_tx, line_rx) = mpsc::channel::<Option<String>>();
-  let stdout = child.stdout.take().unwrap();
-  let stdout_thread = std::thread::spawn(move || {
-    let mut reader = BufReader::new(stdout);
-    let mut first = String::new();
-    match reader.read_line(&mut first) {
-      Ok(n) if n > 0 => {
-        let _ = line_tx.send(Some(first));
-      }
-      _ => {
-        let _ = line_tx.send(None);
-        return;
-      }
-    }
-    // Keep draining stdout so the server never blocks on a full pipe.
-    let mut sink = Vec::new();
-    let _ = reader.read_to_end(&mut sink);
-  });
-
-  match line_rx.recv_timeout(Duration::from_secs(secs)) {
-    Ok(Some(line)) => {
-      let port = parse_listening_line(&line).unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-          "first stdout line must be exactly `Listening on http://127.0.0.1:PORT/`, got {line:?}\n\
-           stderr:\n{}",
-          text(&stderr)
-        )
-      });
-      Launch::Listening(Server {
-        child,
-        port,
-        stderr,
-        exit: None,
-      })
-    }
-    Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-      // stdout closed without a line: the process should be exiting.
-      let start = Instant::now();
-      let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-          break status;
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-          let _ = child.kill();
-          let _ = child.wait();
-          panic!(
-            "stdout closed without a Listening line but the process did not exit; stderr:\n{}",
-            text(&stderr)
-          );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-      };
-      let _ = stderr_thread.join();
-      let _ = stdout_thread.join();
-      Launch::Exited {
-        status,
-        stderr: text(&stderr),
-      }
-    }
-    Err(mpsc::RecvTimeoutError::Timeout) => {
-      let _ = child.kill();
-      let _ = child.wait();
-      panic!(
-        "neither a Listening line nor an exit within {secs}s; stderr:\n{}",
-        text(&stderr)
-      );
-    }
-  }
 }
 
-fn parse_listening_line(line: &str) -> Option<u16> {
-  let line = line.strip_suffix('\n')?;
-  let port = line
-    .strip_prefix("Listening on http://127.0.0.1:")?
-    .strip_suffix('/')?;
-  if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-    return None;
-  }
-  port.parse().ok().filter(|p| *p != 0)
-}
-
-/// Starts a server that must come up.
-fn serve(cmd: Command) -> Server {
-  let what = format!("{cmd:?}");
-  match launch_within(cmd, 60) {
-    Launch::Listening(s) => s,
-    Launch::Exited { status, stderr } => {
-      panic!("`{what}` exited ({status}) instead of listening; stderr:\n{stderr}")
-    }
-  }
-}
-
-/// Starts a server that must fail to come up (within `secs`); returns its stderr after checking
-/// the exit status is non-zero.
-fn serve_fails_within(cmd: Command, secs: u64) -> String {
-  let what = format!("{cmd:?}");
-  match launch_within(cmd, secs) {
-    Launch::Listening(s) => panic!("`{what}` should have failed but is listening on {}", s.port),
-    Launch::Exited { status, stderr } => {
-      assert!(
-        !status.success(),
-        "`{what}` must exit non-zero, got {status}; stderr:\n{stderr}"
-      );
-      stderr
-    }
-  }
-}
-
-fn serve_fails(cmd: Command) -> String {
-  serve_fails_within(cmd, 60)
-}
-
-impl Server {
-  fn url(&self, path: &str) -> String {
-    format!("http://127.0.0.1:{}{}", self.port, path)
-  }
-
-  fn stderr(&self) -> String {
-    text(&self.stderr)
-  }
-
-  /// Log lines that contain every one of `parts`.
-  fn log_lines_with(&self, parts: &[&str]) -> Vec<String> {
-    self
-      .stderr()
-      .lines()
-      .filter(|l| parts.iter().all(|p| l.contains(p)))
-      .map(str::to_string)
-      .collect()
-  }
-
-  /// Waits until the log has at least `n` lines containing every one of `parts`.
-  async fn wait_for_log_lines(&self, parts: &[&str], n: usize, secs: u64) {
-    let start = Instant::now();
-    while self.log_lines_with(parts).len() < n {
-      if start.elapsed() > Duration::from_secs(secs) {
-        panic!(
-          "the log did not get {n} line(s) containing all of {parts:?} within {secs}s (has {})",
-          self.log_lines_with(parts).len()
-        );
-      }
-      tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-  }
-
-  /// Sends a signal (`TERM`, `INT`) with the `kill` command.
-  fn signal(&self, sig: &str) {
-    let status = Command::new("kill")
-      .arg(format!("-{sig}"))
-      .arg(self.child.id().to_string())
-      .status()
-      .unwrap();
-    assert!(status.success(), "kill -{sig} failed");
-  }
-
-  /// Waits for the process to exit; `None` if it is still running after `secs`.
-  async fn wait_exit(&mut self, secs: u64) -> Option<ExitStatus> {
-    let start = Instant::now();
-    loop {
-      if let Some(status) = self.child.try_wait().unwrap() {
-        self.exit = Some(status);
-        return Some(status);
-      }
-      if start.elapsed() > Duration::from_secs(secs) {
-        return None;
-      }
-      tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-  }
-
-  /// The process is still running (it did not crash).
-  fn assert_alive(&mut self) {
-    if let Some(status) = self.child.try_wait().unwrap() {
-      self.exit = Some(status);
-      panic!("the server exited unexpectedly: {status}");
-    }
-  }
-
-  /// SIGTERM, then a clean exit with status 0 (no crash on the way out).
-  async fn stop_cleanly(&mut self) {
-    self.assert_alive();
-    self.signal("TERM");
-    let exit = self
-      .wait_exit(20)
-      .await
-      .expect("server did not exit within 20s of SIGTERM");
-    assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
-  }
-}
-
-impl Drop for Server {
-  fn drop(&mut self) {
-    if self.exit.is_none() {
-      let _ = self.child.kill();
-      let _ = self.child.wait();
-    }
-    if std::thread::panicking() {
-      eprintln!(
-        "----- server stderr -----\n{}\n-------------------------",
-        self.stderr()
-      );
-    }
-  }
-}
-
-/// A client with its own connection pool (a fresh client means a fresh connection).
-fn client() -> reqwest::Client {
-  reqwest::Client::builder()
-    .no_proxy()
-    .redirect(reqwest::redirect::Policy::none())
-    .timeout(Duration::from_secs(60))
-    .build()
-    .unwrap()
+/// `runtime serve <engine fixture script> --port 0 --host 127.0.0.1 --threads 1 <extra...>`.
+fn shorthand_cmd(script: &str, extra: &[&str]) -> Command {
+  let mut cmd = serve_script_cmd(&engine_fixture(script));
+  cmd.args(["--threads", "1"]).args(extra);
+  cmd
 }
 
 /// GET `path` with the given Host header (HTTP/1.1); returns (status, body).
@@ -372,7 +60,7 @@ async fn get_url(c: &reqwest::Client, url: &str, host: &str) -> (u16, String) {
 }
 
 /// GET `path` with the given Host header; the body must be JSON.
-async fn get_json(c: &reqwest::Client, srv: &Server, host: &str, path: &str) -> (u16, Value) {
+async fn get_json_host(c: &reqwest::Client, srv: &Server, host: &str, path: &str) -> (u16, Value) {
   let (status, body) = get_host(c, srv, host, path).await;
   let v = serde_json::from_str(&body).unwrap_or_else(|e| {
     panic!("GET {path} (Host: {host}): {status}, body is not JSON ({e}): {body:?}")
@@ -382,43 +70,29 @@ async fn get_json(c: &reqwest::Client, srv: &Server, host: &str, path: &str) -> 
 
 /// GET on a worker whose answer is `{"count": N, ...}`; returns N (status must be 200).
 async fn count(c: &reqwest::Client, srv: &Server, host: &str, path: &str) -> u64 {
-  let (status, v) = get_json(c, srv, host, path).await;
+  let (status, v) = get_json_host(c, srv, host, path).await;
   assert_eq!(status, 200, "GET {path} (Host: {host}): {v}");
   v["count"]
     .as_u64()
     .unwrap_or_else(|| panic!("GET {path} (Host: {host}): no count in {v}"))
 }
 
-/// A fresh scratch directory for config files written by a test.
-fn scratch_dir(name: &str) -> PathBuf {
-  let dir = std::env::temp_dir().join(format!("runtime-engine-{}-{name}", std::process::id()));
-  let _ = std::fs::remove_dir_all(&dir);
-  std::fs::create_dir_all(&dir).unwrap();
-  dir
-}
-
 /// Writes `runtime.toml` with `toml` into a scratch directory that also holds `ok.js` (a valid
 /// worker) and `bad.js` (a syntax error on line 4, column 9); returns the config's path.
 fn scratch_config(name: &str, toml: &str) -> PathBuf {
   let dir = scratch_dir(name);
-  std::fs::copy(fixture("whoami.js"), dir.join("ok.js")).unwrap();
-  std::fs::copy(fixture("syntax-error.js"), dir.join("bad.js")).unwrap();
+  std::fs::copy(engine_fixture("whoami.js"), dir.join("ok.js")).unwrap();
+  std::fs::copy(engine_fixture("syntax-error.js"), dir.join("bad.js")).unwrap();
   let path = dir.join("runtime.toml");
   std::fs::write(&path, toml).unwrap();
   path
 }
 
+/// `runtime serve --config <path> --port 0 --host 127.0.0.1 --threads 1`.
 fn scratch_config_cmd(path: &Path) -> Command {
-  serve_cmd(&[
-    "--config",
-    path.to_str().unwrap(),
-    "--port",
-    "0",
-    "--host",
-    "127.0.0.1",
-    "--threads",
-    "1",
-  ])
+  let mut cmd = serve_config_cmd(path);
+  cmd.args(["--threads", "1"]);
+  cmd
 }
 
 const CPU_LIMIT_50: &str = "exceeded its CPU time limit of 50 ms";
@@ -518,14 +192,14 @@ async fn another_worker_is_served_while_one_loops() {
     let mut others = Vec::new();
     for _ in 0..16 {
       let url = srv.url("/");
-      let log = srv.stderr.clone();
+      let log = srv.stderr_handle();
       let events = events.clone();
       let first_tx = first_tx.clone();
       others.push(tokio::spawn(async move {
         // A fresh client: a connection of its own.
         let (status, body) = get_url(&client(), &url, "other.test").await;
         // Whether the looper had been stopped when this answer arrived.
-        let looper_stopped = text(&log).contains("\"long-looper\" exceeded");
+        let looper_stopped = log.text().contains("\"long-looper\" exceeded");
         events.lock().unwrap().push(format!("other {status}"));
         let _ = first_tx.send((status, looper_stopped));
         (status, body)
@@ -761,7 +435,7 @@ async fn routes_by_host_and_path_and_the_most_specific_pattern_wins() {
 async fn a_lone_worker_without_routes_gets_every_request() {
   within(60, async {
     // A relative config path from the repository root; the script is relative to the config.
-    let mut cmd = serve_cmd(&[
+    let mut cmd = serve_cmd([
       "--config",
       "tests/fixtures/engine/lone.toml",
       "--port",
@@ -816,7 +490,7 @@ async fn vars_and_secrets_reach_both_syntaxes_and_secrets_are_never_logged() {
     let c = client();
 
     // Module syntax: `env`, not globals.
-    let (status, v) = get_json(&c, &srv, "module.test", "/").await;
+    let (status, v) = get_json_host(&c, &srv, "module.test", "/").await;
     assert_eq!(status, 200);
     assert_eq!(
       v["env"],
@@ -829,7 +503,7 @@ async fn vars_and_secrets_reach_both_syntaxes_and_secrets_are_never_logged() {
     );
 
     // Service-worker syntax: globals, from the top-level code on.
-    let (status, v) = get_json(&c, &srv, "sw.test", "/").await;
+    let (status, v) = get_json_host(&c, &srv, "sw.test", "/").await;
     assert_eq!(status, 200);
     assert_eq!(
       v,
@@ -855,7 +529,7 @@ async fn module_syntax_top_level_code_does_not_see_bindings_as_globals() {
     let mut cmd = config_cmd("env.toml", 1);
     cmd.env("ENGINE_TEST_TOKEN", unique_secret());
     let mut srv = serve(cmd);
-    let (status, v) = get_json(&client(), &srv, "module.test", "/").await;
+    let (status, v) = get_json_host(&client(), &srv, "module.test", "/").await;
     assert_eq!(status, 200);
     assert_eq!(
       v["topLevel"],
@@ -901,7 +575,7 @@ async fn eviction_past_max_isolates_recreates_workers_in_any_order() {
     ];
     for (step, worker, n) in plan {
       let host = format!("{worker}.test");
-      let (status, v) = get_json(&c, &srv, &host, "/").await;
+      let (status, v) = get_json_host(&c, &srv, &host, "/").await;
       assert_eq!(status, 200, "step {step} ({worker}): {v}");
       assert_eq!(
         v["name"],
@@ -916,7 +590,7 @@ async fn eviction_past_max_isolates_recreates_workers_in_any_order() {
     // on, each one gets a brand new isolate.
     let c_a_b = ["c", "a", "b"];
     for (i, worker) in c_a_b.iter().cycle().take(12).enumerate() {
-      let (status, v) = get_json(&c, &srv, &format!("{worker}.test"), "/").await;
+      let (status, v) = get_json_host(&c, &srv, &format!("{worker}.test"), "/").await;
       assert_eq!(status, 200, "cycle #{i} ({worker}): {v}");
       assert_eq!(v["name"], json!(worker.to_uppercase()), "cycle #{i}: {v}");
       if i >= 2 {
@@ -928,7 +602,7 @@ async fn eviction_past_max_isolates_recreates_workers_in_any_order() {
     let mut a_count = 1;
     for round in 0..4 {
       for worker in ["a", "c", "a", "b"] {
-        let (status, v) = get_json(&c, &srv, &format!("{worker}.test"), "/").await;
+        let (status, v) = get_json_host(&c, &srv, &format!("{worker}.test"), "/").await;
         assert_eq!(status, 200, "round {round} ({worker}): {v}");
         assert_eq!(
           v["name"],
@@ -966,7 +640,7 @@ async fn isolation_request_carries_nothing_over() {
     let c = client();
     for host in ["fresh.test", "fresh-sw.test"] {
       for i in 0..3 {
-        let (status, v) = get_json(&c, &srv, host, "/set").await;
+        let (status, v) = get_json_host(&c, &srv, host, "/set").await;
         assert_eq!(status, 200);
         assert_eq!(
           v["count"],
@@ -974,7 +648,7 @@ async fn isolation_request_carries_nothing_over() {
           "{host} /set #{i}: module state must start anew: {v}"
         );
         assert_eq!(v["marker"], Value::Null, "{host} /set #{i}: {v}");
-        let (status, v) = get_json(&c, &srv, host, "/").await;
+        let (status, v) = get_json_host(&c, &srv, host, "/").await;
         assert_eq!(status, 200);
         assert_eq!(v["count"], json!(1), "{host} #{i}: {v}");
         assert_eq!(
@@ -985,18 +659,18 @@ async fn isolation_request_carries_nothing_over() {
       }
     }
     // The bindings still reach a fresh isolate.
-    let (_, v) = get_json(&c, &srv, "fresh-sw.test", "/").await;
+    let (_, v) = get_json_host(&c, &srv, "fresh-sw.test", "/").await;
     assert_eq!(v["name"], json!("fresh-sw"));
-    let (_, v) = get_json(&c, &srv, "fresh.test", "/").await;
+    let (_, v) = get_json_host(&c, &srv, "fresh.test", "/").await;
     assert_eq!(v["name"], json!("fresh"));
 
     // Contrast: the default isolation keeps the isolate warm.
-    let (_, v) = get_json(&c, &srv, "warm.test", "/set").await;
+    let (_, v) = get_json_host(&c, &srv, "warm.test", "/set").await;
     assert_eq!(
       (v["count"].clone(), v["marker"].clone()),
       (json!(1), Value::Null)
     );
-    let (_, v) = get_json(&c, &srv, "warm.test", "/").await;
+    let (_, v) = get_json_host(&c, &srv, "warm.test", "/").await;
     assert_eq!(
       (v["count"].clone(), v["marker"].clone()),
       (json!(2), json!("set"))
@@ -1081,7 +755,7 @@ fn config_missing_files_are_named() {
     "[[workers]]\nname = \"a\"\nmain = \"workers/nope.js\"\n",
     &["workers/nope.js"],
   );
-  let stderr = serve_fails(serve_cmd(&[
+  let stderr = serve_fails(serve_cmd([
     "--config",
     "/nonexistent/runtime-engine-test.toml",
     "--port",
@@ -1217,12 +891,12 @@ async fn shorthand_isolation_flag() {
     let c = client();
     // Default: one warm isolate (one thread).
     let mut srv = serve(shorthand_cmd("counter.js", &[]));
-    let (_, v) = get_json(&c, &srv, "localhost", "/set").await;
+    let (_, v) = get_json_host(&c, &srv, "localhost", "/set").await;
     assert_eq!(
       (v["count"].clone(), v["marker"].clone()),
       (json!(1), Value::Null)
     );
-    let (_, v) = get_json(&c, &srv, "localhost", "/").await;
+    let (_, v) = get_json_host(&c, &srv, "localhost", "/").await;
     assert_eq!(
       (v["count"].clone(), v["marker"].clone()),
       (json!(2), json!("set"))
@@ -1231,13 +905,13 @@ async fn shorthand_isolation_flag() {
 
     let mut srv = serve(shorthand_cmd("counter.js", &["--isolation", "request"]));
     for i in 0..3 {
-      let (_, v) = get_json(&c, &srv, "localhost", "/set").await;
+      let (_, v) = get_json_host(&c, &srv, "localhost", "/set").await;
       assert_eq!(
         (v["count"].clone(), v["marker"].clone()),
         (json!(1), Value::Null),
         "#{i}"
       );
-      let (_, v) = get_json(&c, &srv, "localhost", "/").await;
+      let (_, v) = get_json_host(&c, &srv, "localhost", "/").await;
       assert_eq!(
         (v["count"].clone(), v["marker"].clone()),
         (json!(1), Value::Null),
@@ -1287,11 +961,7 @@ async fn sigterm_with_several_workers_finishes_requests_in_flight_then_exits_0()
       .unwrap()
       .expect("the in-flight request must complete, not be cut off");
     assert_eq!((status, body.as_str()), (200, "slow done static"));
-    let exit = srv
-      .wait_exit(20)
-      .await
-      .expect("server did not exit within 20s of SIGTERM");
-    assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
+    srv.assert_clean_exit(20, "SIGTERM").await;
   })
   .await;
 }
@@ -1347,10 +1017,20 @@ async fn max_memory_mb_evicts_the_least_recently_used_workers() {
       assert_eq!(v["count"], json!(count), "{name}: {v}");
       assert_eq!(v["held_mib"], json!(held), "{name}: {v}");
     };
-    expect(&get_json(&c, &srv, "a.test", "/grow").await.1, "A", 1, 32);
-    expect(&get_json(&c, &srv, "b.test", "/grow").await.1, "B", 1, 32);
+    expect(
+      &get_json_host(&c, &srv, "a.test", "/grow").await.1,
+      "A",
+      1,
+      32,
+    );
+    expect(
+      &get_json_host(&c, &srv, "b.test", "/grow").await.1,
+      "B",
+      1,
+      32,
+    );
     // A is now the most recently used; A and B fit the budget.
-    expect(&get_json(&c, &srv, "a.test", "/").await.1, "A", 2, 32);
+    expect(&get_json_host(&c, &srv, "a.test", "/").await.1, "A", 2, 32);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
       srv.log_lines_with(&["evicted", "max_memory_mb"]).is_empty(),
@@ -1359,14 +1039,19 @@ async fn max_memory_mb_evicts_the_least_recently_used_workers() {
     );
 
     // C grows past the budget: B, the least recently used, goes.
-    expect(&get_json(&c, &srv, "c.test", "/grow").await.1, "C", 1, 32);
+    expect(
+      &get_json_host(&c, &srv, "c.test", "/grow").await.1,
+      "C",
+      1,
+      32,
+    );
     srv
       .wait_for_log_lines(&["evicted", "max_memory_mb", "worker=B"], 1, 10)
       .await;
-    expect(&get_json(&c, &srv, "a.test", "/").await.1, "A", 3, 32);
-    expect(&get_json(&c, &srv, "c.test", "/").await.1, "C", 2, 32);
+    expect(&get_json_host(&c, &srv, "a.test", "/").await.1, "A", 3, 32);
+    expect(&get_json_host(&c, &srv, "c.test", "/").await.1, "C", 2, 32);
     // B comes back with a fresh isolate.
-    expect(&get_json(&c, &srv, "b.test", "/").await.1, "B", 1, 0);
+    expect(&get_json_host(&c, &srv, "b.test", "/").await.1, "B", 1, 0);
     assert!(
       srv.log_lines_with(&["evicted", "worker=A"]).is_empty(),
       "{}",

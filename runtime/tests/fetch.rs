@@ -5,17 +5,19 @@
 //! Run with `cargo test -p runtime --test fetch`. Every test has a time limit; when one fails,
 //! the runtime's stderr is printed.
 
+mod common;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::*;
 use futures::{SinkExt, StreamExt};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -25,159 +27,47 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-const BIN: &str = env!("CARGO_BIN_EXE_runtime");
-
 // ---------------------------------------------------------------------------------------------
-// The runtime under test
+// The runtime under test (the shared harness is in common/mod.rs)
 // ---------------------------------------------------------------------------------------------
 
-fn fixtures() -> PathBuf {
-  Path::new(env!("CARGO_MANIFEST_DIR"))
-    .parent()
-    .unwrap()
-    .join("tests/fixtures/fetch")
+/// `tests/fixtures/fetch/<name>`.
+fn fetch_fixture(name: &str) -> PathBuf {
+  fixture("fetch").join(name)
 }
 
-async fn within<T>(secs: u64, f: impl Future<Output = T>) -> T {
-  match tokio::time::timeout(Duration::from_secs(secs), f).await {
-    Ok(v) => v,
-    Err(_) => panic!("test did not finish within {secs}s"),
-  }
+/// `runtime serve client.js` (the shorthand: default limits but for CPU time, which a debug
+/// build on a busy machine may need more of).
+fn client_script_cmd() -> Command {
+  let mut cmd = serve_script_cmd(&fetch_fixture("client.js"));
+  cmd.args(["--cpu-limit", "5000"]);
+  cmd
 }
 
-async fn deadline<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
-  match tokio::time::timeout(Duration::from_secs(secs), f).await {
-    Ok(v) => v,
-    Err(_) => panic!("timed out after {secs}s: {what}"),
-  }
+fn serve_client_script() -> Server {
+  serve(client_script_cmd())
 }
 
-type Buf = Arc<Mutex<Vec<u8>>>;
-
-/// A running `runtime serve`. Killed on drop; its stderr is printed if the test failed.
-struct Runtime {
-  child: Child,
-  port: u16,
-  stderr: Buf,
+/// `runtime serve client.js` trusting the CA certificates in `pem` (RUNTIME_CA_CERTS).
+fn serve_client_script_trusting(pem: &Path) -> Server {
+  let mut cmd = client_script_cmd();
+  cmd.env("RUNTIME_CA_CERTS", pem);
+  serve(cmd)
 }
 
-impl Runtime {
-  /// `runtime serve client.js` (the shorthand: default limits but for CPU time, which a debug
-  /// build on a busy machine may need more of).
-  fn script() -> Runtime {
-    let script = fixtures().join("client.js");
-    Self::start(&["serve", script.to_str().unwrap(), "--cpu-limit", "5000"])
-  }
-
-  /// `runtime serve --config limits.toml` (a subrequest limit of 3).
-  fn config() -> Runtime {
-    let config = fixtures().join("limits.toml");
-    Self::start(&["serve", "--config", config.to_str().unwrap()])
-  }
-
-  /// `runtime serve client.js` trusting the CA certificates in `pem` (RUNTIME_CA_CERTS).
-  fn script_trusting(pem: &Path) -> Runtime {
-    let script = fixtures().join("client.js");
-    Self::start_with_env(
-      &["serve", script.to_str().unwrap(), "--cpu-limit", "5000"],
-      &[("RUNTIME_CA_CERTS", pem.to_str().unwrap())],
-    )
-  }
-
-  fn start(args: &[&str]) -> Runtime {
-    Self::start_with_env(args, &[])
-  }
-
-  fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Runtime {
-    let mut child = Command::new(BIN)
-      .args(args)
-      .envs(env.iter().copied())
-      .args(["--port", "0", "--host", "127.0.0.1"])
-      .stdin(Stdio::null())
-      .stdout(Stdio::piped())
-      .stderr(Stdio::piped())
-      .spawn()
-      .expect("failed to spawn the runtime binary");
-    let stderr: Buf = Arc::default();
-    let mut err = child.stderr.take().unwrap();
-    let sink = stderr.clone();
-    std::thread::spawn(move || {
-      let mut chunk = [0u8; 8192];
-      while let Ok(n) = err.read(&mut chunk) {
-        if n == 0 {
-          break;
-        }
-        sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-      }
-    });
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-      let mut reader = BufReader::new(stdout);
-      let mut line = String::new();
-      let _ = reader.read_line(&mut line);
-      let _ = tx.send(line);
-      // Keep draining so the runtime never blocks on a full pipe.
-      let _ = std::io::copy(&mut reader, &mut std::io::sink());
-    });
-    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-    let port = line
-      .strip_suffix('\n')
-      .and_then(|l| l.strip_prefix("Listening on http://127.0.0.1:"))
-      .and_then(|l| l.strip_suffix('/'))
-      .and_then(|p| p.parse::<u16>().ok());
-    let mut runtime = Runtime {
-      child,
-      port: 0,
-      stderr,
-    };
-    match port {
-      Some(port) => runtime.port = port,
-      None => panic!(
-        "no `Listening on http://127.0.0.1:PORT/` line (got {line:?}); stderr:\n{}",
-        runtime.stderr()
-      ),
-    }
-    runtime
-  }
-
-  fn stderr(&self) -> String {
-    String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-  }
-
-  /// The script's URL for `route` (with its own query, if any), told where `upstream` is.
-  fn url(&self, route: &str, upstream: &Upstream) -> String {
-    let sep = if route.contains('?') { '&' } else { '?' };
-    format!(
-      "http://127.0.0.1:{}{route}{sep}upstream=http://{}",
-      self.port, upstream.addr
-    )
-  }
+/// `runtime serve --config limits.toml` (a subrequest limit of 3).
+fn serve_limits_config() -> Server {
+  serve(serve_config_cmd(&fetch_fixture("limits.toml")))
 }
 
-impl Drop for Runtime {
-  fn drop(&mut self) {
-    let _ = self.child.kill();
-    let _ = self.child.wait();
-    if std::thread::panicking() {
-      eprintln!(
-        "----- runtime stderr -----\n{}\n--------------------------",
-        self.stderr()
-      );
-    }
-  }
+/// The script's URL for `route` (with its own query, if any), told where `upstream` is.
+fn script_url(rt: &Server, route: &str, upstream: &Upstream) -> String {
+  let sep = if route.contains('?') { '&' } else { '?' };
+  format!("{}{sep}upstream=http://{}", rt.url(route), upstream.addr)
 }
 
-fn client() -> reqwest::Client {
-  reqwest::Client::builder()
-    .no_proxy()
-    .redirect(reqwest::redirect::Policy::none())
-    .timeout(Duration::from_secs(60))
-    .build()
-    .unwrap()
-}
-
-async fn get_json(url: &str) -> Value {
+/// GET `url` on a fresh connection; the answer must be a 200 with a JSON body.
+async fn get_json_ok(url: &str) -> Value {
   let r = deadline(30, url, client().get(url).send())
     .await
     .unwrap_or_else(|e| panic!("GET {url}: {e}"));
@@ -461,8 +351,8 @@ fn rewrite(req: http::Request<Incoming>, path: &str) -> http::Request<Incoming> 
 async fn get_with_headers_both_ways() {
   within(60, async {
     let up = Upstream::start().await;
-    let rt = Runtime::script();
-    let v = get_json(&rt.url("/get", &up)).await;
+    let rt = serve_client_script();
+    let v = get_json_ok(&script_url(&rt, "/get", &up)).await;
     assert_eq!(v["status"], 200, "{v}");
     assert_eq!(v["statusText"], "OK");
     assert_eq!(v["ok"], true);
@@ -488,8 +378,8 @@ async fn get_with_headers_both_ways() {
 async fn request_bodies_of_every_kind() {
   within(60, async {
     let up = Upstream::start().await;
-    let rt = Runtime::script();
-    let v = get_json(&rt.url("/post", &up)).await;
+    let rt = serve_client_script();
+    let v = get_json_ok(&script_url(&rt, "/post", &up)).await;
     let check = |key: &str, method: &str, body: &str, content_type: Option<&str>| {
       let echo = &v[key];
       assert_eq!(echo["method"], method, "{key}: {echo}");
@@ -547,21 +437,26 @@ async fn request_bodies_of_every_kind() {
 async fn status_and_status_text() {
   within(60, async {
     let up = Upstream::start().await;
-    let rt = Runtime::script();
-    let v = get_json(&rt.url("/status?code=418&reason=Short%20And%20Stout", &up)).await;
+    let rt = serve_client_script();
+    let v = get_json_ok(&script_url(
+      &rt,
+      "/status?code=418&reason=Short%20And%20Stout",
+      &up,
+    ))
+    .await;
     assert_eq!(v["status"], 418, "{v}");
     assert_eq!(v["statusText"], "Short And Stout");
     assert_eq!(v["ok"], false);
     assert_eq!(v["text"], "status body");
-    let v = get_json(&rt.url("/status?code=404", &up)).await;
+    let v = get_json_ok(&script_url(&rt, "/status?code=404", &up)).await;
     assert_eq!(
       (v["status"].as_u64(), v["statusText"].as_str()),
       (Some(404), Some("Not Found"))
     );
-    let v = get_json(&rt.url("/status?code=204", &up)).await;
+    let v = get_json_ok(&script_url(&rt, "/status?code=204", &up)).await;
     assert_eq!(v["status"], 204, "{v}");
     assert_eq!(v["bodyIsNull"], true, "204 has a null body: {v}");
-    let v = get_json(&rt.url("/status?code=500", &up)).await;
+    let v = get_json_ok(&script_url(&rt, "/status?code=500", &up)).await;
     assert_eq!(
       (v["status"].as_u64(), v["text"].as_str()),
       (Some(500), Some("status body"))
@@ -574,13 +469,13 @@ async fn status_and_status_text() {
 async fn response_streams_through_chunk_by_chunk() {
   within(60, async {
     let up = Upstream::start().await;
-    let rt = Runtime::script();
+    let rt = serve_client_script();
     // Returned as is: the client gets the first chunk while the upstream still holds the second.
     let r = deadline(
       20,
       "response headers through the proxy",
       client()
-        .get(rt.url("/proxy?path=/stream-gated%3Fid=p1", &up))
+        .get(script_url(&rt, "/proxy?path=/stream-gated%3Fid=p1", &up))
         .send(),
     )
     .await
@@ -605,7 +500,12 @@ async fn response_streams_through_chunk_by_chunk() {
     assert_eq!(got, b"one\ntwo\n");
 
     // Read by the script: its first chunk is there before the rest exists.
-    let v = get_json(&rt.url("/first-chunk?path=/stream-gated%3Fid=p2", &up)).await;
+    let v = get_json_ok(&script_url(
+      &rt,
+      "/first-chunk?path=/stream-gated%3Fid=p2",
+      &up,
+    ))
+    .await;
     assert_eq!(v["first"], "one\n");
     assert_eq!(v["transferEncoding"], Value::Null, "{v}");
     up.open("p2");
@@ -617,10 +517,10 @@ async fn response_streams_through_chunk_by_chunk() {
 async fn request_body_streams_out() {
   within(60, async {
     let up = Upstream::start().await;
-    let rt = Runtime::script();
+    let rt = serve_client_script();
     // A ReadableStream made by the script (duplex: "half"): its second chunk is only made once
     // the upstream has the first (the script waits on /seen).
-    let v = get_json(&rt.url("/upload-js?id=js", &up)).await;
+    let v = get_json_ok(&script_url(&rt, "/upload-js?id=js", &up)).await;
     assert_eq!(v["upload"]["received"], "js1-js2", "{v}");
     assert_eq!(v["upload"]["method"], "POST");
     assert_eq!(
@@ -645,9 +545,9 @@ async fn request_body_streams_out() {
 async fn proxying_a_post_streams_the_body_both_ways() {
   within(60, async {
     let up = Upstream::start().await;
-    let rt = Runtime::script();
+    let rt = serve_client_script();
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-    let url = rt.url("/proxy-request?path=/upload%3Fid=px", &up);
+    let url = script_url(&rt, "/proxy-request?path=/upload%3Fid=px", &up);
     let upload = tokio::spawn(
       client()
         .post(url)
@@ -685,9 +585,9 @@ async fn proxying_a_post_streams_the_body_both_ways() {
   .await;
 }
 
-fn redirect(rt: &Runtime, up: &Upstream, query: &str) -> impl Future<Output = Value> {
-  let url = rt.url(&format!("/redirect?{query}"), up);
-  async move { get_json(&url).await }
+fn redirect(rt: &Server, up: &Upstream, query: &str) -> impl Future<Output = Value> {
+  let url = script_url(rt, &format!("/redirect?{query}"), up);
+  async move { get_json_ok(&url).await }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -695,7 +595,7 @@ async fn redirects_follow_manual_error() {
   within(90, async {
     let up = Upstream::start().await;
     let other = Upstream::start().await;
-    let rt = Runtime::script();
+    let rt = serve_client_script();
     let base = format!("http://{}", up.addr);
 
     // follow (the default): two 302s, then the echo.
@@ -821,8 +721,8 @@ async fn redirects_follow_manual_error() {
 async fn abort_signal_cancels_requests_and_bodies() {
   within(60, async {
     let up = Upstream::start().await;
-    let rt = Runtime::script();
-    let v = get_json(&rt.url("/abort", &up)).await;
+    let rt = serve_client_script();
+    let v = get_json_ok(&script_url(&rt, "/abort", &up)).await;
     let in_flight = &v["inFlight"];
     assert_eq!(in_flight["ok"], false, "{v}");
     assert_eq!(in_flight["error"]["name"], "AbortError", "{v}");
@@ -846,8 +746,9 @@ async fn abort_signal_cancels_requests_and_bodies() {
   .await;
 }
 
-async fn fetch_error(rt: &Runtime, up: &Upstream, target: &str) -> Value {
-  let v = get_json(&rt.url(&format!("/error?target={}", encode(target)), up)).await;
+async fn fetch_error(rt: &Server, up: &Upstream, target: &str) -> Value {
+  let route = format!("/error?target={}", encode(target));
+  let v = get_json_ok(&script_url(rt, &route, up)).await;
   assert_eq!(v["ok"], false, "{target}: {v}");
   assert_eq!(v["error"]["isTypeError"], true, "{target}: {v}");
   v["error"].clone()
@@ -857,7 +758,7 @@ async fn fetch_error(rt: &Runtime, up: &Upstream, target: &str) -> Value {
 async fn errors_are_clear_type_errors() {
   within(60, async {
     let up = Upstream::start().await;
-    let rt = Runtime::script();
+    let rt = serve_client_script();
     // A port nobody listens on.
     let closed = {
       let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -900,7 +801,7 @@ async fn errors_are_clear_type_errors() {
       "{e}"
     );
     // And the script goes on serving.
-    let v = get_json(&rt.url("/get", &up)).await;
+    let v = get_json_ok(&script_url(&rt, "/get", &up)).await;
     assert_eq!(v["status"], 200);
   })
   .await;
@@ -910,8 +811,8 @@ async fn errors_are_clear_type_errors() {
 async fn data_and_blob_urls() {
   within(60, async {
     let up = Upstream::start().await;
-    let rt = Runtime::script();
-    let v = get_json(&rt.url("/data", &up)).await;
+    let rt = serve_client_script();
+    let v = get_json_ok(&script_url(&rt, "/data", &up)).await;
     let ok = |url: &str, content_type: &str, text: &str| {
       let r = &v[url];
       assert_eq!(r["ok"], true, "{url}: {r}");
@@ -951,7 +852,7 @@ async fn data_and_blob_urls() {
     }
     assert_eq!(v["post"]["value"]["text"], "x", "{v}");
 
-    let v = get_json(&rt.url("/blob", &up)).await;
+    let v = get_json_ok(&script_url(&rt, "/blob", &up)).await;
     let got = &v["got"];
     assert_eq!(got["ok"], true, "{v}");
     assert_eq!(got["value"]["status"], 200);
@@ -968,8 +869,8 @@ async fn data_and_blob_urls() {
 async fn subrequest_limit_default_50() {
   within(90, async {
     let up = Upstream::start().await;
-    let rt = Runtime::script();
-    let v = get_json(&rt.url("/many?n=51", &up)).await;
+    let rt = serve_client_script();
+    let v = get_json_ok(&script_url(&rt, "/many?n=51", &up)).await;
     assert_eq!(v["ok"], 50, "{v}");
     assert_eq!(v["error"]["isTypeError"], true, "{v}");
     let message = v["error"]["message"].as_str().unwrap();
@@ -978,10 +879,10 @@ async fn subrequest_limit_default_50() {
       "{v}"
     );
     // Counted per request, synchronously: in parallel, too.
-    let v = get_json(&rt.url("/many?n=52&parallel=1", &up)).await;
+    let v = get_json_ok(&script_url(&rt, "/many?n=52&parallel=1", &up)).await;
     assert_eq!(v["ok"], 50, "{v}");
     // The next request has a budget of its own.
-    let v = get_json(&rt.url("/many?n=50", &up)).await;
+    let v = get_json_ok(&script_url(&rt, "/many?n=50", &up)).await;
     assert_eq!(
       (v["ok"].as_u64(), &v["error"]),
       (Some(50), &Value::Null),
@@ -995,12 +896,12 @@ async fn subrequest_limit_default_50() {
 async fn subrequest_limit_from_the_config() {
   within(60, async {
     let up = Upstream::start().await;
-    let rt = Runtime::config();
-    let v = get_json(&rt.url("/many?n=4", &up)).await;
+    let rt = serve_limits_config();
+    let v = get_json_ok(&script_url(&rt, "/many?n=4", &up)).await;
     assert_eq!(v["ok"], 3, "{v}");
     let message = v["error"]["message"].as_str().unwrap();
     assert!(message.contains("limit is 3"), "{v}");
-    let v = get_json(&rt.url("/many?n=3", &up)).await;
+    let v = get_json_ok(&script_url(&rt, "/many?n=3", &up)).await;
     assert_eq!(
       (v["ok"].as_u64(), &v["error"]),
       (Some(3), &Value::Null),
@@ -1014,7 +915,7 @@ async fn subrequest_limit_from_the_config() {
 async fn tls_upstream() -> SocketAddr {
   use rustls::pki_types::pem::PemObject;
   use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-  let tls = fixtures().join("../tls");
+  let tls = fixture("tls");
   let certs = CertificateDer::pem_file_iter(tls.join("cert.pem"))
     .unwrap()
     .collect::<Result<Vec<_>, _>>()
@@ -1059,8 +960,8 @@ async fn https_with_the_operators_ca_and_refused_without_it() {
     let target = format!("https://127.0.0.1:{}/", tls.port());
     let route = format!("/fetch-text?target={}", encode(&target));
 
-    let trusting = Runtime::script_trusting(&fixtures().join("../tls/ca.pem"));
-    let v = get_json(&trusting.url(&route, &up)).await;
+    let trusting = serve_client_script_trusting(&fixture("tls/ca.pem"));
+    let v = get_json_ok(&script_url(&trusting, &route, &up)).await;
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(
       v["value"],
@@ -1069,8 +970,8 @@ async fn https_with_the_operators_ca_and_refused_without_it() {
     );
 
     // The webpki roots alone do not trust a self-signed certificate.
-    let plain = Runtime::script();
-    let v = get_json(&plain.url(&route, &up)).await;
+    let plain = serve_client_script();
+    let v = get_json_ok(&script_url(&plain, &route, &up)).await;
     assert_eq!(v["ok"], false, "{v}");
     assert_eq!(v["error"]["isTypeError"], true, "{v}");
     let message = v["error"]["message"].as_str().unwrap_or_default();

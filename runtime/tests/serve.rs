@@ -5,356 +5,24 @@
 //! broken engine makes tests fail rather than hang. When a test fails, the server's stderr is
 //! printed.
 
-use std::future::Future;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+mod common;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_runtime");
 const MIB: u64 = 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
-// Harness
+// Helpers for these tests (the shared harness is in common/mod.rs)
 // ---------------------------------------------------------------------------------------------
-
-fn repo_root() -> PathBuf {
-  Path::new(env!("CARGO_MANIFEST_DIR"))
-    .parent()
-    .unwrap()
-    .to_path_buf()
-}
-
-fn fixture(name: &str) -> PathBuf {
-  repo_root().join("tests/fixtures").join(name)
-}
-
-fn example(name: &str) -> PathBuf {
-  repo_root().join("examples").join(name)
-}
-
-/// `file:///abs/path/to/script.js`, the form stack traces must use.
-fn file_url(path: &Path) -> String {
-  format!("file://{}", path.canonicalize().unwrap().display())
-}
-
-/// Runs a test body with a time limit, so nothing hangs forever.
-async fn within<T>(secs: u64, f: impl Future<Output = T>) -> T {
-  match tokio::time::timeout(Duration::from_secs(secs), f).await {
-    Ok(v) => v,
-    Err(_) => panic!("test did not finish within {secs}s"),
-  }
-}
-
-/// Awaits `f`, panicking with `what` if it takes longer than `secs`.
-async fn deadline<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
-  match tokio::time::timeout(Duration::from_secs(secs), f).await {
-    Ok(v) => v,
-    Err(_) => panic!("timed out after {secs}s: {what}"),
-  }
-}
-
-type Buf = Arc<Mutex<Vec<u8>>>;
-
-fn text(buf: &Buf) -> String {
-  String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
-}
-
-/// A running `runtime serve` process. Killed on drop; its stderr is printed if the test failed.
-struct Server {
-  child: Child,
-  port: u16,
-  stderr: Buf,
-  stdout_rest: Buf,
-  exit: Option<ExitStatus>,
-}
-
-/// What `launch` saw: either the server is listening, or it exited before printing the line.
-enum Launch {
-  Listening(Server),
-  Exited { status: ExitStatus, stderr: String },
-}
-
-fn pump(mut r: impl Read + Send + 'static, buf: Buf) -> JoinHandle<()> {
-  std::thread::spawn(move || {
-    let mut chunk = [0u8; 8192];
-    loop {
-      match r.read(&mut chunk) {
-        Ok(0) | Err(_) => break,
-        Ok(n) => buf.lock().unwrap().extend_from_slice(&chunk[..n]),
-      }
-    }
-  })
-}
-
-/// Starts `runtime serve <script> <args...>` (args default to `--port 0 --host 127.0.0.1`) and
-/// waits for the `Listening on http://127.0.0.1:PORT/` line on stdout, which must be exact.
-fn launch_with(script: &Path, cwd: Option<&Path>, args: &[&str]) -> Launch {
-  let mut cmd = Command::new(BIN);
-  cmd.arg("serve").arg(script).args(args);
-  cmd
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-  if let Some(cwd) = cwd {
-    cmd.current_dir(cwd);
-  }
-  let mut child = cmd.spawn().expect("failed to spawn the runtime binary");
-
-  let stderr: Buf = Arc::default();
-  let stderr_thread = pump(child.stderr.take().unwrap(), stderr.clone());
-
-  let stdout_rest: Buf = Arc::default();
-  let (line_tx, line_rx) = mpsc::channel::<Option<String>>();
-  let stdout = child.stdout.take().unwrap();
-  let rest = stdout_rest.clone();
-  let stdout_thread = std::thread::spawn(move || {
-    let mut reader = BufReader::new(stdout);
-    let mut first = String::new();
-    match reader.read_line(&mut first) {
-      Ok(n) if n > 0 => {
-        let _ = line_tx.send(Some(first));
-      }
-      _ => {
-        let _ = line_tx.send(None);
-        return;
-      }
-    }
-    let mut chunk = [0u8; 8192];
-    loop {
-      match reader.read(&mut chunk) {
-        Ok(0) | Err(_) => break,
-        Ok(n) => rest.lock().unwrap().extend_from_slice(&chunk[..n]),
-      }
-    }
-  });
-
-  match line_rx.recv_timeout(Duration::from_secs(60)) {
-    Ok(Some(line)) => {
-      let port = parse_listening_line(&line).unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-          "first stdout line must be exactly `Listening on http://127.0.0.1:PORT/`, \
-                     got {line:?}\nstderr:\n{}",
-          text(&stderr)
-        )
-      });
-      Launch::Listening(Server {
-        child,
-        port,
-        stderr,
-        stdout_rest,
-        exit: None,
-      })
-    }
-    Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-      // stdout closed without a line: the process should be exiting.
-      let start = Instant::now();
-      let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-          break status;
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-          let _ = child.kill();
-          let _ = child.wait();
-          panic!(
-            "stdout closed without a Listening line but the process did not exit; stderr:\n{}",
-            text(&stderr)
-          );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-      };
-      let _ = stderr_thread.join();
-      let _ = stdout_thread.join();
-      Launch::Exited {
-        status,
-        stderr: text(&stderr),
-      }
-    }
-    Err(mpsc::RecvTimeoutError::Timeout) => {
-      let _ = child.kill();
-      let _ = child.wait();
-      panic!("no Listening line within 60s; stderr:\n{}", text(&stderr));
-    }
-  }
-}
-
-fn parse_listening_line(line: &str) -> Option<u16> {
-  let line = line.strip_suffix('\n')?;
-  let port = line
-    .strip_prefix("Listening on http://127.0.0.1:")?
-    .strip_suffix('/')?;
-  if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-    return None;
-  }
-  port.parse().ok().filter(|p| *p != 0)
-}
-
-fn launch(script: &Path) -> Launch {
-  launch_with(script, None, &["--port", "0", "--host", "127.0.0.1"])
-}
-
-/// Starts a server that must come up.
-fn serve(script: &Path) -> Server {
-  must_listen(script, launch(script))
-}
-
-/// Starts a server with a single isolate (`--threads 1`), for tests whose requests share state
-/// in JS globals: with several server threads each has its own isolate, so two connections may
-/// see different globals.
-fn serve_one_isolate(script: &Path) -> Server {
-  let args = ["--port", "0", "--host", "127.0.0.1", "--threads", "1"];
-  must_listen(script, launch_with(script, None, &args))
-}
-
-fn must_listen(script: &Path, launch: Launch) -> Server {
-  match launch {
-    Launch::Listening(s) => s,
-    Launch::Exited { status, stderr, .. } => {
-      panic!(
-        "`serve {}` exited ({status}) instead of listening; stderr:\n{stderr}",
-        script.display()
-      )
-    }
-  }
-}
-
-/// Starts a server that must fail to come up; returns (exit status, stderr).
-fn serve_fails(script: &Path) -> (ExitStatus, String) {
-  match launch(script) {
-    Launch::Listening(s) => panic!(
-      "`serve {}` should have failed but is listening on {}",
-      script.display(),
-      s.port
-    ),
-    Launch::Exited { status, stderr, .. } => (status, stderr),
-  }
-}
-
-impl Server {
-  fn url(&self, path: &str) -> String {
-    format!("http://127.0.0.1:{}{}", self.port, path)
-  }
-
-  fn pid(&self) -> u32 {
-    self.child.id()
-  }
-
-  fn stderr(&self) -> String {
-    text(&self.stderr)
-  }
-
-  fn stdout_after_listening(&self) -> String {
-    text(&self.stdout_rest)
-  }
-
-  /// Waits until stderr contains `needle`; panics after `secs`.
-  async fn wait_for_stderr(&self, needle: &str, secs: u64) {
-    let start = Instant::now();
-    while !self.stderr().contains(needle) {
-      if start.elapsed() > Duration::from_secs(secs) {
-        panic!("stderr did not contain {needle:?} within {secs}s");
-      }
-      tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-  }
-
-  /// Waits until stderr has grown past `len` bytes; returns the new part.
-  async fn wait_for_stderr_growth(&self, len: usize, secs: u64, what: &str) -> String {
-    let start = Instant::now();
-    loop {
-      let all = self.stderr.lock().unwrap().clone();
-      if all.len() > len {
-        // Give the rest of the log record a moment to arrive.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let all = self.stderr.lock().unwrap().clone();
-        return String::from_utf8_lossy(&all[len..]).into_owned();
-      }
-      if start.elapsed() > Duration::from_secs(secs) {
-        panic!("nothing was logged to stderr within {secs}s after {what}");
-      }
-      tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-  }
-
-  fn stderr_len(&self) -> usize {
-    self.stderr.lock().unwrap().len()
-  }
-
-  /// Sends a signal (`TERM`, `INT`) with the `kill` command.
-  fn signal(&self, sig: &str) {
-    let status = Command::new("kill")
-      .arg(format!("-{sig}"))
-      .arg(self.pid().to_string())
-      .status()
-      .unwrap();
-    assert!(status.success(), "kill -{sig} failed");
-  }
-
-  /// Waits for the process to exit; `None` if it is still running after `secs`.
-  async fn wait_exit(&mut self, secs: u64) -> Option<ExitStatus> {
-    let start = Instant::now();
-    loop {
-      if let Some(status) = self.child.try_wait().unwrap() {
-        self.exit = Some(status);
-        return Some(status);
-      }
-      if start.elapsed() > Duration::from_secs(secs) {
-        return None;
-      }
-      tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-  }
-
-  /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
-  fn proc_status_kib(&self, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-    let line = status
-      .lines()
-      .find(|l| l.starts_with(&format!("{field}:")))
-      .unwrap_or_else(|| panic!("no {field} in /proc/pid/status"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-  }
-}
-
-impl Drop for Server {
-  fn drop(&mut self) {
-    if self.exit.is_none() {
-      let _ = self.child.kill();
-      let _ = self.child.wait();
-    }
-    if std::thread::panicking() {
-      eprintln!(
-        "----- server stderr -----\n{}\n-------------------------",
-        self.stderr()
-      );
-      let out = self.stdout_after_listening();
-      if !out.is_empty() {
-        eprintln!(
-          "----- server stdout after the Listening line -----\n{out}\n-------------------------"
-        );
-      }
-    }
-  }
-}
-
-fn client() -> reqwest::Client {
-  reqwest::Client::builder()
-    .no_proxy()
-    .redirect(reqwest::redirect::Policy::none())
-    .timeout(Duration::from_secs(60))
-    .build()
-    .unwrap()
-}
 
 fn h2_client() -> reqwest::Client {
   reqwest::Client::builder()
@@ -364,26 +32,6 @@ fn h2_client() -> reqwest::Client {
     .timeout(Duration::from_secs(60))
     .build()
     .unwrap()
-}
-
-async fn get(c: &reqwest::Client, url: &str) -> reqwest::Response {
-  c.get(url)
-    .send()
-    .await
-    .unwrap_or_else(|e| panic!("GET {url} failed: {e}"))
-}
-
-async fn get_text(c: &reqwest::Client, url: &str) -> (u16, String) {
-  let r = get(c, url).await;
-  let status = r.status().as_u16();
-  (status, r.text().await.unwrap())
-}
-
-async fn get_json(c: &reqwest::Client, url: &str) -> (u16, Value) {
-  let (status, body) = get_text(c, url).await;
-  let v = serde_json::from_str(&body)
-    .unwrap_or_else(|e| panic!("GET {url}: body is not JSON ({e}): {body:?}"));
-  (status, v)
 }
 
 fn header(r: &reqwest::Response, name: &str) -> Option<String> {
@@ -634,10 +282,7 @@ async fn default_port_is_8080() {
   );
   drop(probe);
   within(60, async {
-    let srv = match launch_with(&example("hello.js"), None, &[]) {
-      Launch::Listening(s) => s,
-      Launch::Exited { status, stderr, .. } => panic!("exited {status}: {stderr}"),
-    };
+    let srv = serve(serve_cmd([example("hello.js")]));
     assert_eq!(srv.port, 8080);
     let (status, body) = get_text(&client(), "http://127.0.0.1:8080/").await;
     assert_eq!((status, body.as_str()), (200, "Hello, world!"));
@@ -653,14 +298,9 @@ async fn default_port_is_8080() {
 async fn example_hello_service_worker_syntax_relative_path() {
   within(60, async {
     // Relative script path, resolved against the working directory.
-    let srv = match launch_with(
-      Path::new("examples/hello.js"),
-      Some(&repo_root()),
-      &["--port", "0"],
-    ) {
-      Launch::Listening(s) => s,
-      Launch::Exited { status, stderr, .. } => panic!("exited {status}: {stderr}"),
-    };
+    let mut cmd = serve_cmd(["examples/hello.js", "--port", "0"]);
+    cmd.current_dir(repo_root());
+    let srv = serve(cmd);
     let c = client();
     for path in ["/", "/some/other/path?x=1"] {
       let r = get(&c, &srv.url(path)).await;
@@ -723,7 +363,7 @@ async fn example_module_syntax_env_and_wait_until() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_streaming_sends_chunks_over_time() {
   within(60, async {
-    let srv = serve(&example("streaming.js"));
+    let srv = serve_script(&example("streaming.js"));
     let r = get(&client(), &srv.url("/?count=3&interval=400")).await;
     assert_eq!(r.status(), 200);
     assert!(
@@ -831,7 +471,7 @@ async fn example_json_api_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hono_app() {
   within(60, async {
-    let srv = serve(&fixture("hono-app.js"));
+    let srv = serve_script(&fixture("hono-app.js"));
     let c = client();
 
     let r = get(&c, &srv.url("/")).await;
@@ -894,7 +534,7 @@ async fn hono_app() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn itty_router_app() {
   within(60, async {
-    let srv = serve(&fixture("itty-app.js"));
+    let srv = serve_script(&fixture("itty-app.js"));
     let c = client();
 
     let r = get(&c, &srv.url("/")).await;
@@ -964,8 +604,7 @@ async fn itty_router_app() {
 #[test]
 fn syntax_error_exits_with_location() {
   let script = fixture("syntax-error.js");
-  let (status, stderr) = serve_fails(&script);
-  assert!(!status.success(), "exit status must be non-zero");
+  let stderr = serve_fails(serve_script_cmd(&script));
   let loc = format!("{}:3:9", file_url(&script));
   assert!(
     stderr.contains(&loc),
@@ -980,8 +619,7 @@ fn syntax_error_exits_with_location() {
 #[test]
 fn top_level_throw_exits_with_location() {
   let script = fixture("throw-top-level.js");
-  let (status, stderr) = serve_fails(&script);
-  assert!(!status.success(), "exit status must be non-zero");
+  let stderr = serve_fails(serve_script_cmd(&script));
   assert!(
     stderr.contains("top-level boom"),
     "stderr must contain the message; stderr:\n{stderr}"
@@ -995,15 +633,15 @@ fn top_level_throw_exits_with_location() {
 
 #[test]
 fn missing_import_exits_naming_the_module() {
-  let (status, stderr) = serve_fails(&fixture("import-missing.js"));
-  assert!(!status.success());
+  let stderr = serve_fails(serve_script_cmd(&fixture("import-missing.js")));
   assert!(stderr.contains("does-not-exist.js"), "stderr:\n{stderr}");
 }
 
 #[test]
 fn missing_script_exits_naming_the_file() {
-  let (status, stderr) = serve_fails(Path::new("/nonexistent-dir/no-such-script.js"));
-  assert!(!status.success());
+  let stderr = serve_fails(serve_script_cmd(Path::new(
+    "/nonexistent-dir/no-such-script.js",
+  )));
   assert!(stderr.contains("no-such-script.js"), "stderr:\n{stderr}");
 }
 
@@ -1049,7 +687,7 @@ async fn assert_500_logged(srv: &Server, path: &str) {
 async fn handler_throw_gives_500_with_stack_then_recovers() {
   within(60, async {
     let script = fixture("handler-errors.js");
-    let srv = serve(&script);
+    let srv = serve_script(&script);
     assert_still_serving(&srv, "/ok", "ok").await;
     assert_500_with_stack(&srv, &script, "/throw", "sync-handler-boom", 4, 9).await;
     assert_still_serving(&srv, "/ok", "ok").await;
@@ -1063,7 +701,7 @@ async fn handler_throw_gives_500_with_stack_then_recovers() {
 async fn handler_reject_gives_500_with_stack_then_recovers() {
   within(60, async {
     let script = fixture("handler-errors.js");
-    let srv = serve(&script);
+    let srv = serve_script(&script);
     assert_500_with_stack(&srv, &script, "/reject", "async-handler-boom", 9, 9).await;
     assert_still_serving(&srv, "/ok", "ok").await;
   })
@@ -1073,7 +711,7 @@ async fn handler_reject_gives_500_with_stack_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_non_response_gives_500_then_recovers() {
   within(60, async {
-    let srv = serve(&fixture("handler-errors.js"));
+    let srv = serve_script(&fixture("handler-errors.js"));
     for path in [
       "/non-response",
       "/non-response-async",
@@ -1094,7 +732,7 @@ async fn handler_non_response_gives_500_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_never_responding_gives_500_without_blocking_others() {
   within(120, async {
-    let srv = serve(&fixture("handler-errors.js"));
+    let srv = serve_script(&fixture("handler-errors.js"));
     let c = client();
     let before = srv.stderr_len();
     let url = srv.url("/never");
@@ -1125,7 +763,7 @@ async fn handler_never_responding_gives_500_without_blocking_others() {
 async fn service_worker_errors_give_500_then_recover() {
   within(60, async {
     let script = fixture("sw-errors.js");
-    let srv = serve(&script);
+    let srv = serve_script(&script);
     assert_still_serving(&srv, "/ok", "sw ok").await;
     assert_500_with_stack(&srv, &script, "/throw", "sw-listener-boom", 6, 36).await;
     assert_still_serving(&srv, "/ok", "sw ok").await;
@@ -1174,7 +812,7 @@ fn log_line_with(log: &str, needle: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_levels_go_to_stderr_tagged_with_script() {
   within(60, async {
-    let srv = serve(&fixture("console.js"));
+    let srv = serve_script(&fixture("console.js"));
     // Output of module evaluation (before listening) is kept too.
     srv.wait_for_stderr("top-level-log-marker", 10).await;
     let (status, body) = get_text(&client(), &srv.url("/?id=q1")).await;
@@ -1214,7 +852,7 @@ async fn console_levels_go_to_stderr_tagged_with_script() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_debug_is_visible_by_default() {
   within(60, async {
-    let srv = serve(&fixture("console.js"));
+    let srv = serve_script(&fixture("console.js"));
     let (status, _) = get_text(&client(), &srv.url("/?id=d1")).await;
     assert_eq!(status, 200);
     srv.wait_for_stderr("console-error-marker-d1", 10).await;
@@ -1226,7 +864,7 @@ async fn console_debug_is_visible_by_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_formats_values() {
   within(60, async {
-    let srv = serve(&fixture("console.js"));
+    let srv = serve_script(&fixture("console.js"));
     let (status, _) = get_text(&client(), &srv.url("/?id=f1")).await;
     assert_eq!(status, 200);
     srv.wait_for_stderr("format-check", 10).await;
@@ -1270,7 +908,7 @@ async fn wait_until_runs_after_the_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relative_imports_and_top_level_await() {
   within(60, async {
-    let srv = serve(&fixture("relative-import.js"));
+    let srv = serve_script(&fixture("relative-import.js"));
     let (status, v) = get_json(&client(), &srv.url("/?name=bob")).await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -1416,7 +1054,7 @@ async fn check_full_duplex_echo(c: &reqwest::Client, srv: &Server) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_duplex_echo_http2() {
   within(60, async {
-    let srv = serve(&fixture("echo-stream.js"));
+    let srv = serve_script(&fixture("echo-stream.js"));
     check_full_duplex_echo(&h2_client(), &srv).await;
   })
   .await;
@@ -1425,7 +1063,7 @@ async fn full_duplex_echo_http2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_duplex_echo_http1() {
   within(60, async {
-    let srv = serve(&fixture("echo-stream.js"));
+    let srv = serve_script(&fixture("echo-stream.js"));
     check_full_duplex_echo(&client(), &srv).await;
   })
   .await;
@@ -1434,7 +1072,7 @@ async fn full_duplex_echo_http1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_of_10_mib_is_accepted() {
   within(120, async {
-    let srv = serve(&fixture("echo-stream.js"));
+    let srv = serve_script(&fixture("echo-stream.js"));
     let body = vec![b'x'; 10 * MIB as usize];
     let r = client()
       .post(srv.url("/count"))
@@ -1454,7 +1092,7 @@ async fn upload_of_10_mib_is_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gib_streamed_response_with_bounded_memory() {
   within(600, async {
-    let srv = serve(&fixture("big.js"));
+    let srv = serve_script(&fixture("big.js"));
     let c = client();
     assert_still_serving(&srv, "/", "big fixture").await;
     let rss_before = srv.proc_status_kib("VmRSS");
@@ -1504,7 +1142,7 @@ async fn gib_streamed_response_with_bounded_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge() {
   within(60, async {
-    let srv = serve(&example("hello.js"));
+    let srv = serve_script(&example("hello.js"));
     let c = h2_client();
     let r = get(&c, &srv.url("/")).await;
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
@@ -1548,7 +1186,7 @@ async fn http2_multiplexed_requests_are_concurrent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_response_has_no_body() {
   within(60, async {
-    let srv = serve(&fixture("web-apis.js"));
+    let srv = serve_script(&fixture("web-apis.js"));
     let r = client().head(srv.url("/head")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let method = header(&r, "x-method");
@@ -1586,7 +1224,7 @@ async fn head_response_has_no_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_and_pipelining_on_one_connection() {
   within(60, async {
-    let srv = serve(&example("hello.js"));
+    let srv = serve_script(&example("hello.js"));
     let mut conn = RawConn::connect(srv.port).await;
     for i in 0..5 {
       conn
@@ -1673,7 +1311,7 @@ const OVER_LIMIT: u64 = 101 * MIB;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_100_mib_content_length_gets_413_early() {
   within(60, async {
-    let srv = serve(&fixture("echo-stream.js"));
+    let srv = serve_script(&fixture("echo-stream.js"));
     let (mut tx, body) = channel_body();
     tx.send(Ok(Bytes::from(vec![b'x'; 64 * 1024])))
       .await
@@ -1700,7 +1338,7 @@ async fn body_over_100_mib_content_length_gets_413_early() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_100_mib_content_length_gets_413_raw() {
   within(60, async {
-    let srv = serve(&fixture("echo-stream.js"));
+    let srv = serve_script(&fixture("echo-stream.js"));
     let mut req =
       format!("POST /count HTTP/1.1\r\nHost: t\r\nContent-Length: {OVER_LIMIT}\r\n\r\n")
         .into_bytes();
@@ -1713,7 +1351,7 @@ async fn body_over_100_mib_content_length_gets_413_raw() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_body_over_100_mib_is_refused() {
   within(180, async {
-    let srv = serve(&fixture("echo-stream.js"));
+    let srv = serve_script(&fixture("echo-stream.js"));
     let (mut tx, body) = channel_body();
     let c = client();
     let url = srv.url("/count");
@@ -1746,7 +1384,7 @@ async fn chunked_body_over_100_mib_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_over_64_kib_get_431() {
   within(60, async {
-    let srv = serve(&example("hello.js"));
+    let srv = serve_script(&example("hello.js"));
     let big = "a".repeat(70 * 1024);
     let req = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n");
     assert_eq!(raw_status(srv.port, req.as_bytes(), 15).await, Some(431));
@@ -1773,7 +1411,7 @@ async fn headers_over_64_kib_get_431() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_400() {
   within(60, async {
-    let srv = serve(&example("hello.js"));
+    let srv = serve_script(&example("hello.js"));
     assert_eq!(
       raw_status(
         srv.port,
@@ -1821,7 +1459,7 @@ async fn wait_closed_by_server(mut conn: TcpStream, trickle: bool) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_header_clients_are_dropped_while_others_are_served() {
   within(120, async {
-    let srv = serve(&example("hello.js"));
+    let srv = serve_script(&example("hello.js"));
     let mut idle = TcpStream::connect(("127.0.0.1", srv.port)).await.unwrap();
     idle
       .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n")
@@ -1873,7 +1511,7 @@ async fn slow_header_clients_are_dropped_while_others_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_request_then_exits_0() {
   within(60, async {
-    let mut srv = serve(&fixture("timers.js"));
+    let mut srv = serve_script(&fixture("timers.js"));
     let c = client();
     let url = srv.url("/slow?ms=2000");
     let slow = tokio::spawn(async move {
@@ -1888,11 +1526,7 @@ async fn sigterm_finishes_in_flight_request_then_exits_0() {
       .unwrap()
       .expect("the in-flight request must complete, not be cut off");
     assert_eq!((status, body.as_str()), (200, "slow done"));
-    let exit = srv
-      .wait_exit(15)
-      .await
-      .expect("server did not exit within 15s of SIGTERM");
-    assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
+    srv.assert_clean_exit(15, "SIGTERM").await;
   })
   .await;
 }
@@ -1900,7 +1534,7 @@ async fn sigterm_finishes_in_flight_request_then_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_accepting_new_connections() {
   within(60, async {
-    let mut srv = serve(&fixture("timers.js"));
+    let mut srv = serve_script(&fixture("timers.js"));
     let c = client();
     let url = srv.url("/slow?ms=3000");
     let slow = tokio::spawn(async move { c.get(url).send().await.map(|r| r.status().as_u16()) });
@@ -1926,8 +1560,7 @@ async fn sigterm_stops_accepting_new_connections() {
         .unwrap(),
       200
     );
-    let exit = srv.wait_exit(15).await.expect("server did not exit");
-    assert_eq!(exit.code(), Some(0));
+    srv.assert_clean_exit(15, "SIGTERM").await;
   })
   .await;
 }
@@ -1935,14 +1568,10 @@ async fn sigterm_stops_accepting_new_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_when_idle_exits_0() {
   within(60, async {
-    let mut srv = serve(&example("hello.js"));
+    let mut srv = serve_script(&example("hello.js"));
     assert_still_serving(&srv, "/", "Hello, world!").await;
     srv.signal("INT");
-    let exit = srv
-      .wait_exit(10)
-      .await
-      .expect("server did not exit within 10s of SIGINT");
-    assert_eq!(exit.code(), Some(0), "exit status after SIGINT: {exit}");
+    srv.assert_clean_exit(10, "SIGINT").await;
   })
   .await;
 }
@@ -1954,7 +1583,7 @@ async fn sigint_when_idle_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_api_checks_inside_the_isolate() {
   within(60, async {
-    let srv = serve(&fixture("web-apis.js"));
+    let srv = serve_script(&fixture("web-apis.js"));
     let (status, v) = get_json(&client(), &srv.url("/checks")).await;
     assert_eq!(status, 200);
     let failures: Vec<String> = v
@@ -1977,7 +1606,7 @@ async fn web_api_checks_inside_the_isolate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_body_types_over_http() {
   within(60, async {
-    let srv = serve(&fixture("web-apis.js"));
+    let srv = serve_script(&fixture("web-apis.js"));
     let c = client();
     let bytes = |path: &'static str| {
       let c = c.clone();
@@ -2065,7 +1694,7 @@ async fn response_body_types_over_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_cookie_and_multi_value_headers() {
   within(60, async {
-    let srv = serve(&fixture("web-apis.js"));
+    let srv = serve_script(&fixture("web-apis.js"));
     let r = get(&client(), &srv.url("/set-cookie")).await;
     let cookies: Vec<&str> = r
       .headers()
@@ -2093,7 +1722,7 @@ async fn set_cookie_and_multi_value_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_properties_seen_by_the_handler() {
   within(60, async {
-    let srv = serve(&fixture("web-apis.js"));
+    let srv = serve_script(&fixture("web-apis.js"));
     let c = client();
     let r = c
       .get(srv.url("/request-info?x=1&y=%20z"))
@@ -2200,7 +1829,7 @@ async fn stacks_through_a_bundle_point_at_its_original_sources() {
   within(60, async {
     // The same esbuild bundle with its source map in a file and inline.
     for bundle in ["external.js", "inline.js"] {
-      let srv = serve(&fixture(&format!("sourcemap/{bundle}")));
+      let srv = serve_script(&fixture(&format!("sourcemap/{bundle}")));
       let c = client();
       assert_eq!(get_text(&c, &srv.url("/throw")).await.0, 500);
       srv.wait_for_stderr("boom: from a handler", 10).await;
@@ -2225,7 +1854,7 @@ async fn stacks_through_a_bundle_point_at_its_original_sources() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_headers_go_out_as_byte_strings() {
   within(60, async {
-    let srv = serve(&fixture("response-headers.js"));
+    let srv = serve_script(&fixture("response-headers.js"));
     let r = client().get(srv.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(

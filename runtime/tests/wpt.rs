@@ -5,39 +5,19 @@
 //!
 //! Run with `cargo test -p runtime --test wpt`. None of these needs wptserve (`--no-server`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use common::*;
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_runtime");
-
-fn repo_root() -> PathBuf {
-  Path::new(env!("CARGO_MANIFEST_DIR"))
-    .parent()
-    .unwrap()
-    .to_path_buf()
-}
 
 fn wpt_dir() -> PathBuf {
   match std::env::var_os("WPT_DIR") {
     Some(dir) if !dir.is_empty() => PathBuf::from(dir),
     _ => repo_root().join("../shared/wpt"),
   }
-}
-
-/// A fresh directory under the system's temporary directory.
-fn temp_dir(name: &str) -> PathBuf {
-  static COUNTER: AtomicUsize = AtomicUsize::new(0);
-  let dir = std::env::temp_dir().join(format!(
-    "runtime-wpt-test-{}-{}-{name}",
-    std::process::id(),
-    COUNTER.fetch_add(1, Ordering::Relaxed)
-  ));
-  let _ = std::fs::remove_dir_all(&dir);
-  std::fs::create_dir_all(&dir).unwrap();
-  dir
 }
 
 fn wpt(args: &[&str]) -> Output {
@@ -76,7 +56,7 @@ fn read_json(path: &Path) -> Value {
 
 #[test]
 fn urlsearchparams_files_report_results_and_a_json_summary() {
-  let dir = temp_dir("summary");
+  let dir = scratch_dir("summary");
   let summary = dir.join("summary.json");
   let wpt_dir = wpt_dir();
   let output = wpt(&[
@@ -118,7 +98,7 @@ fn urlsearchparams_files_report_results_and_a_json_summary() {
 
 #[test]
 fn expectations_fail_the_run_on_unexpected_passes_and_failures_and_update_rewrites_them() {
-  let dir = temp_dir("expectations");
+  let dir = scratch_dir("expectations");
   let expectations = dir.join("expectations.json");
   let wpt_dir = wpt_dir();
   let run = |filter: &str| {
@@ -196,7 +176,7 @@ fn expectations_fail_the_run_on_unexpected_passes_and_failures_and_update_rewrit
 
 /// A WPT directory with the real testharness.js and an empty `x/` for test files.
 fn fake_wpt(name: &str) -> PathBuf {
-  let dir = temp_dir(name);
+  let dir = scratch_dir(name);
   std::fs::create_dir_all(dir.join("resources")).unwrap();
   std::fs::create_dir_all(dir.join("x/resources")).unwrap();
   std::fs::copy(
