@@ -1873,3 +1873,19 @@ async fn response_headers_go_out_as_byte_strings() {
   })
   .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unhandled_rejection_of_a_handler_that_answered_at_once_is_reported() {
+  within(60, async {
+    let srv = serve_one_isolate(&fixture("unhandled-in-handler.js"));
+    let c = client();
+    assert_eq!(
+      get_text(&c, &srv.url("/reject")).await,
+      (200, "answered".to_string())
+    );
+    // Nothing else runs in the isolate: the report must come anyway.
+    srv.wait_for_stderr("left unhandled in a handler", 10).await;
+    assert_still_serving(&srv, "/", "answered").await;
+  })
+  .await;
+}
