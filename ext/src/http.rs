@@ -9,9 +9,10 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use deno_core::{op2, v8, AsyncResult, BufView, OpState, Resource, ResourceId};
@@ -42,35 +43,56 @@ pub enum HandlerOutcome {
 #[derive(Default)]
 pub struct PendingResponses {
   next_id: u32,
-  slots: HashMap<u32, PendingResponse>,
+  slots: HashMap<u32, PendingResponse, BuildHasherDefault<IdHasher>>,
 }
 
 struct PendingResponse {
   respond: oneshot::Sender<HandlerOutcome>,
-  /// Settles once the server stops waiting for the response: `Ok` when it
-  /// got one (or gave up by a limit), `Err` when the client went away.
-  client: Option<oneshot::Receiver<()>>,
+  /// The task of a script watching for the client to go away (see
+  /// `op_request_disconnected`): woken when the response goes out.
+  watcher: Option<Waker>,
+}
+
+/// Ids are sequential: a multiplicative hash spreads them well, and costs a
+/// fraction of SipHash on the request path.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+  fn finish(&self) -> u64 {
+    self.0
+  }
+
+  fn write(&mut self, bytes: &[u8]) {
+    for &b in bytes {
+      self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+  }
+
+  fn write_u32(&mut self, id: u32) {
+    self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+  }
 }
 
 impl PendingResponses {
-  pub fn insert(
-    &mut self,
-    respond: oneshot::Sender<HandlerOutcome>,
-    client: oneshot::Receiver<()>,
-  ) -> u32 {
+  pub fn insert(&mut self, respond: oneshot::Sender<HandlerOutcome>) -> u32 {
     self.next_id = self.next_id.wrapping_add(1);
     self.slots.insert(
       self.next_id,
       PendingResponse {
         respond,
-        client: Some(client),
+        watcher: None,
       },
     );
     self.next_id
   }
 
   pub fn take(&mut self, id: u32) -> Option<oneshot::Sender<HandlerOutcome>> {
-    self.slots.remove(&id).map(|slot| slot.respond)
+    let slot = self.slots.remove(&id)?;
+    if let Some(watcher) = slot.watcher {
+      watcher.wake();
+    }
+    Some(slot.respond)
   }
 
   pub fn is_empty(&self) -> bool {
@@ -87,9 +109,26 @@ impl PendingResponses {
   pub fn fail_all(&mut self, outcome: impl Fn() -> HandlerOutcome) -> usize {
     let n = self.slots.len();
     for (_, slot) in self.slots.drain() {
+      if let Some(watcher) = slot.watcher {
+        watcher.wake();
+      }
       let _ = slot.respond.send(outcome());
     }
     n
+  }
+
+  /// `Ready(true)` once the client of request `id` went away (the server
+  /// dropped the response's receiver), `Ready(false)` once the request is
+  /// answered; else registers `cx` to be woken by either.
+  fn poll_disconnected(&mut self, id: u32, cx: &mut Context<'_>) -> Poll<bool> {
+    let Some(slot) = self.slots.get_mut(&id) else {
+      return Poll::Ready(false);
+    };
+    if slot.respond.poll_closed(cx).is_ready() {
+      return Poll::Ready(true);
+    }
+    slot.watcher = Some(cx.waker().clone());
+    Poll::Pending
   }
 }
 
@@ -98,16 +137,13 @@ impl PendingResponses {
 /// request is already answered). Backs `request.signal` of incoming requests.
 #[op2]
 pub async fn op_request_disconnected(state: Rc<RefCell<OpState>>, #[smi] id: u32) -> bool {
-  let client = state
-    .borrow_mut()
-    .borrow_mut::<PendingResponses>()
-    .slots
-    .get_mut(&id)
-    .and_then(|slot| slot.client.take());
-  match client {
-    Some(client) => client.await.is_err(),
-    None => false,
-  }
+  std::future::poll_fn(|cx| {
+    state
+      .borrow_mut()
+      .borrow_mut::<PendingResponses>()
+      .poll_disconnected(id, cx)
+  })
+  .await
 }
 
 fn build_response(

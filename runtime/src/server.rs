@@ -425,15 +425,12 @@ async fn handle(
     .boxed_unsync()
   });
   let (respond, mut response) = oneshot::channel();
-  // Dropped unsent with this future when the client goes away first.
-  let (waiting, client) = oneshot::channel::<()>();
   let incoming = IncomingRequest {
     method: parts.method,
     url,
     headers: parts.headers,
     body,
     respond,
-    client,
   };
   ctx.pool.dispatch(worker, incoming);
   // Most handlers have answered by the time dispatch returns: only a
@@ -458,7 +455,6 @@ async fn handle(
       }
     }
   };
-  let _ = waiting.send(());
   if too_large.is_some_and(|t| t.load(Ordering::Relaxed)) {
     tracing::warn!(
       worker = %worker_name,

@@ -18,6 +18,7 @@ use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOpt
 use http::HeaderMap;
 use runtime_ext::console::ScriptName;
 use runtime_ext::http::{HandlerOutcome, PendingResponses, RequestBody, RequestBodyResource};
+use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::WorkerConfig;
@@ -31,10 +32,9 @@ pub struct IncomingRequest {
   pub url: String,
   pub headers: HeaderMap,
   pub body: Option<RequestBody>,
+  /// Where the response goes. The server drops the receiver when the
+  /// client goes away first, which aborts `request.signal`.
   pub respond: oneshot::Sender<HandlerOutcome>,
-  /// Settles when the server stops waiting: `Ok` normally, `Err` (dropped)
-  /// when the client went away first; aborts `request.signal`.
-  pub client: oneshot::Receiver<()>,
 }
 
 /// Why a response could not come: nothing left in the isolate can produce it.
@@ -279,14 +279,13 @@ impl Worker {
       headers,
       body,
       respond,
-      client,
     } = request;
     let runtime = &mut *self.rt.runtime;
     let state = runtime.op_state();
     let id = state
       .borrow_mut()
       .borrow_mut::<PendingResponses>()
-      .insert(respond, client);
+      .insert(respond);
     let body_rid = body.map(|body| {
       state
         .borrow_mut()
@@ -301,19 +300,15 @@ impl Worker {
     let id_value = v8::Integer::new_from_unsigned(scope, id).into();
     let method = v8::String::new(scope, method.as_str()).unwrap().into();
     let url = v8::String::new(scope, &url).unwrap().into();
-    let header_values: Vec<v8::Local<v8::Value>> = headers
-      .iter()
-      .flat_map(|(name, value)| {
-        [
-          v8::String::new_from_one_byte(scope, name.as_str().as_bytes(), v8::NewStringType::Normal)
-            .unwrap()
-            .into(),
-          v8::String::new_from_one_byte(scope, value.as_bytes(), v8::NewStringType::Normal)
-            .unwrap()
-            .into(),
-        ]
-      })
-      .collect();
+    // On the stack for the usual handful of headers.
+    let mut header_values: SmallVec<[v8::Local<v8::Value>; 32]> = SmallVec::new();
+    for (name, value) in headers.iter() {
+      let name =
+        v8::String::new_from_one_byte(scope, name.as_str().as_bytes(), v8::NewStringType::Normal);
+      let value = v8::String::new_from_one_byte(scope, value.as_bytes(), v8::NewStringType::Normal);
+      header_values.push(name.unwrap().into());
+      header_values.push(value.unwrap().into());
+    }
     let headers = v8::Array::new_with_elements(scope, &header_values).into();
     let body = match body_rid {
       Some(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),

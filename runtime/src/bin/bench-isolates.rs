@@ -63,7 +63,6 @@ fn worker_config(name: String, main: &std::path::Path) -> WorkerConfig {
 /// Sends one GET to worker `index` of `pool` and waits for its response.
 async fn request(pool: &IsolatePool, index: usize) {
   let (respond, response) = oneshot::channel();
-  let (_waiting, client) = oneshot::channel();
   pool.dispatch(
     index,
     IncomingRequest {
@@ -72,7 +71,6 @@ async fn request(pool: &IsolatePool, index: usize) {
       headers: http::HeaderMap::new(),
       body: None,
       respond,
-      client,
     },
   );
   match response.await {
