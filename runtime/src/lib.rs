@@ -2,6 +2,7 @@
 //! one script each), their per-thread pool and limits, routing, and the HTTP
 //! server that feeds them.
 
+pub mod coarse_timer;
 pub mod config;
 pub mod limits;
 pub mod loader;

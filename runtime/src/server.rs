@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use runtime_ext::http::{BoxError, HandlerOutcome, ResponseBody};
 use tokio::sync::{oneshot, watch};
 
+use crate::coarse_timer::{self, CoarseTimer};
 use crate::config::{EngineConfig, WorkerConfig};
 use crate::pool::IsolatePool;
 use crate::routes::{RoutePattern, Router};
@@ -250,6 +251,7 @@ async fn serve_thread(
     shared,
     local_addr,
   });
+  tokio::task::spawn_local(coarse_timer::sweep());
   if ctx.shared.memory_per_thread.is_some() {
     // Heaps grow between requests too (timers, waitUntil): measured on a
     // tick rather than on the request path.
@@ -265,7 +267,7 @@ async fn serve_thread(
   }
   let mut http1 = http1::Builder::new();
   http1
-    .timer(TokioTimer::new())
+    .timer(CoarseTimer)
     .header_read_timeout(limits.header_read_timeout)
     .max_buf_size(limits.max_header_bytes.max(8192))
     .max_header_size(limits.max_header_bytes)
