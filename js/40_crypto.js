@@ -61,11 +61,44 @@ const getKeyType = keyGetter("type");
 const exportNodeMaterial = CryptoKey.exportNodeMaterial;
 const fromCloneData = CryptoKey.fromCloneData;
 
+// `crypto` and `crypto.subtle` are minted on first use (they live on the
+// C++ heap, which does not exist at build time) by deno_crypto's lazy
+// singletons, which call these statics. They are removed from the classes
+// scripts see and put back only for the minting.
+const mintingStatics = [
+  [Crypto, "create"],
+  [Crypto, "registerSymbols"],
+  [SubtleCrypto, "create"],
+];
+for (let i = 0; i < mintingStatics.length; ++i) {
+  const { 0: klass, 1: name } = mintingStatics[i];
+  mintingStatics[i] = [klass, name, ObjectGetOwnPropertyDescriptor(klass, name)];
+}
+let cryptoMinted = false;
+
+/** The global `crypto`, minted on first use. */
+function getCrypto() {
+  if (!cryptoMinted) {
+    for (let i = 0; i < mintingStatics.length; ++i) {
+      const { 0: klass, 1: name, 2: descriptor } = mintingStatics[i];
+      ObjectDefineProperty(klass, name, descriptor);
+    }
+    try {
+      void web.crypto.crypto;
+    } finally {
+      for (let i = 0; i < mintingStatics.length; ++i) {
+        const { 0: klass, 1: name } = mintingStatics[i];
+        ReflectDeleteProperty(klass, name);
+      }
+    }
+    cryptoMinted = true;
+  }
+  return web.crypto.crypto;
+}
+
+// Build time: takes deno_crypto's internal statics away from the classes
+// (into the snapshot as it is, so no isolate pays for it).
 function hideCryptoInternals() {
-  // `crypto` and `crypto.subtle` are minted on first use from
-  // `Crypto.create`, `Crypto.registerSymbols` and `SubtleCrypto.create`:
-  // mint them now, while those still exist.
-  void web.crypto.crypto;
   // deno_crypto's structured-clone callback reads
   // `CryptoKey.fromCloneData` when it runs: replace it.
   core.getCloneableDeserializers().CryptoKey = (data) =>
@@ -73,10 +106,10 @@ function hideCryptoInternals() {
   for (const name of ["exportNodeMaterial", "fromCloneData", "importSync"]) {
     ReflectDeleteProperty(CryptoKey, name);
   }
-  for (const name of ["create", "registerSymbols"]) {
-    ReflectDeleteProperty(Crypto, name);
+  for (let i = 0; i < mintingStatics.length; ++i) {
+    const { 0: klass, 1: name } = mintingStatics[i];
+    ReflectDeleteProperty(klass, name);
   }
-  ReflectDeleteProperty(SubtleCrypto, "create");
 }
 
 // Replaces `SubtleCrypto.prototype[name]` by `method`, with the `length` of
@@ -386,4 +419,4 @@ replaceMethod("importKey", {
   },
 }.importKey);
 
-export { hideCryptoInternals };
+export { getCrypto, hideCryptoInternals };

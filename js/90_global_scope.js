@@ -14,6 +14,7 @@ import {
   reportToLog,
 } from "ext:runtime/20_fetch_event.js";
 import { fetch } from "ext:runtime/30_fetch.js";
+import { getCrypto } from "ext:runtime/40_crypto.js";
 
 const {
   ArrayBuffer,
@@ -265,7 +266,7 @@ const globalScope = {
   Crypto: nonEnumerable(web.crypto.Crypto),
   CryptoKey: nonEnumerable(web.crypto.CryptoKey),
   SubtleCrypto: nonEnumerable(web.crypto.SubtleCrypto),
-  crypto: getter(() => web.crypto.crypto),
+  crypto: getter(getCrypto),
   // ours
   ExecutionContext: nonEnumerable(ExecutionContext),
   FetchEvent: nonEnumerable(FetchEvent),

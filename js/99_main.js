@@ -16,6 +16,7 @@ import { performance } from "ext:runtime/00_web.js";
 const { ReflectDeleteProperty } = primordials;
 
 installGlobalScope();
+hideCryptoInternals();
 warmUpRequestPath();
 
 function bootstrap() {
@@ -23,7 +24,6 @@ function bootstrap() {
   core.setWasmStreamingCallback(handleWasmStreaming);
   // performance.timeOrigin: when this isolate started.
   performance.setTimeOrigin();
-  hideCryptoInternals();
   ReflectDeleteProperty(globalThis, "__runtimeBootstrap");
   ReflectDeleteProperty(globalThis, "Deno");
   ReflectDeleteProperty(globalThis, "__bootstrap");
