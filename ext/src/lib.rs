@@ -29,6 +29,8 @@ deno_core::extension!(
   esm = [
     dir "../js",
     "00_web.js",
+    "05_url.js",
+    "06_urlpattern.js",
     "10_headers.js",
     "11_body.js",
     "12_formdata.js",
