@@ -3,6 +3,8 @@
 //! `*` matches any run of characters; the most specific pattern (the most
 //! literal characters) wins, ties going to the first declared.
 
+use std::collections::HashMap;
+
 use anyhow::bail;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,9 +77,16 @@ fn glob(pattern: &str, text: &str) -> bool {
   p[pi..].iter().all(|&c| c == b'*')
 }
 
-/// Every worker's patterns, most specific first.
+/// Every worker's patterns, most specific first, indexed by the literal
+/// start of their path so that a request looks only at patterns that can
+/// match it (thousands of workers must not mean thousands of globs).
 pub struct Router {
   entries: Vec<(RoutePattern, usize)>,
+  /// Entries (indices into `entries`, ascending) by the path up to its
+  /// first `*`.
+  by_path_prefix: HashMap<String, Vec<usize>>,
+  /// The lengths those prefixes have, ascending.
+  prefix_lengths: Vec<usize>,
 }
 
 impl Router {
@@ -90,7 +99,22 @@ impl Router {
       .collect();
     // Stable: ties keep declaration order.
     entries.sort_by_key(|(p, _)| std::cmp::Reverse(p.specificity()));
-    Self { entries }
+    let mut by_path_prefix: HashMap<String, Vec<usize>> = HashMap::new();
+    for (index, (pattern, _)) in entries.iter().enumerate() {
+      let prefix = pattern.path.split('*').next().unwrap_or_default();
+      by_path_prefix
+        .entry(prefix.to_string())
+        .or_default()
+        .push(index);
+    }
+    let mut prefix_lengths: Vec<usize> = by_path_prefix.keys().map(String::len).collect();
+    prefix_lengths.sort_unstable();
+    prefix_lengths.dedup();
+    Self {
+      entries,
+      by_path_prefix,
+      prefix_lengths,
+    }
   }
 
   /// The worker for `host` (a Host header, port ignored) and `path`.
@@ -103,11 +127,30 @@ impl Router {
       }
     }
     let host = strip_port(host).to_ascii_lowercase();
-    self
-      .entries
-      .iter()
-      .find(|(p, _)| p.matches(&host, path))
-      .map(|(_, i)| *i)
+    // The most specific match is the one with the lowest index.
+    let mut best: Option<usize> = None;
+    for &len in &self.prefix_lengths {
+      if len > path.len() {
+        break;
+      }
+      // (Not a character boundary: no literal prefix ends there.)
+      let Some(prefix) = path.get(..len) else {
+        continue;
+      };
+      let Some(candidates) = self.by_path_prefix.get(prefix) else {
+        continue;
+      };
+      for &index in candidates {
+        if best.is_some_and(|b| b < index) {
+          break;
+        }
+        if self.entries[index].0.matches(&host, path) {
+          best = Some(index);
+          break;
+        }
+      }
+    }
+    best.map(|index| self.entries[index].1)
   }
 }
 
@@ -165,6 +208,47 @@ mod tests {
     let r = router(&[&["*/*"], &["b.example/*"]]);
     assert_eq!(r.route("b.example", "/x"), Some(1));
     assert_eq!(r.route("c.example", "/x"), Some(0));
+  }
+
+  #[test]
+  fn thousands_of_workers_route_as_one_scan_would() {
+    let patterns: Vec<Vec<String>> = (0..2000)
+      .map(|i| match i % 4 {
+        0 => vec![format!("*/w/{i}")],
+        1 => vec![format!("*/w/{i}/*")],
+        2 => vec![format!("h{i}.example/*")],
+        _ => vec![format!("*.example/a/{i}*")],
+      })
+      .collect();
+    let routes: Vec<Vec<RoutePattern>> = patterns
+      .iter()
+      .map(|p| p.iter().map(|p| RoutePattern::parse(p).unwrap()).collect())
+      .collect();
+    let r = Router::new(&routes);
+    // The reference: every pattern tried, most specific first.
+    let scan = |host: &str, path: &str| {
+      let host = strip_port(host).to_ascii_lowercase();
+      r.entries
+        .iter()
+        .find(|(p, _)| p.matches(&host, path))
+        .map(|(_, i)| *i)
+    };
+    for (host, path) in [
+      ("x.org", "/w/8"),
+      ("x.org", "/w/9/deep/er"),
+      ("h2.example:80", "/w/8"),
+      ("h6.example", "/anything"),
+      ("q.example", "/a/1111"),
+      ("q.example", "/a/11"),
+      ("x.org", "/w/4000"),
+      ("x.org", "/"),
+      ("x.org", ""),
+    ] {
+      assert_eq!(r.route(host, path), scan(host, path), "{host} {path}");
+    }
+    assert_eq!(r.route("x.org", "/w/8"), Some(8));
+    assert_eq!(r.route("h2.example:80", "/w/8"), Some(2));
+    assert_eq!(r.route("x.org", "/w/4000"), None);
   }
 
   #[test]

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
 use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions};
@@ -504,11 +504,21 @@ pub struct SharedWorker {
   stopped: Cell<bool>,
   /// A turn of the event loop is scheduled (see `defer_turn`).
   turn_deferred: Cell<bool>,
+  /// When the request path last dispatched into the worker.
+  last_dispatch: Cell<Option<Instant>>,
 }
 
 /// How long a worker whose requests were all answered on the spot may go
 /// without a turn of its event loop.
 const DEFERRED_TURN: Duration = Duration::from_millis(10);
+
+thread_local! {
+  /// Workers of this thread waiting for a deferred turn.
+  static DEFERRED_TURNS: std::cell::RefCell<Vec<std::rc::Weak<SharedWorker>>> =
+    const { std::cell::RefCell::new(Vec::new()) };
+  /// Whether this thread's sweeper of deferred turns is running.
+  static TURN_SWEEPER_RUNS: Cell<bool> = const { Cell::new(false) };
+}
 
 impl SharedWorker {
   /// Installs the loaded worker; [`Worker::serve`] then drives it.
@@ -561,13 +571,21 @@ impl SharedWorker {
       answered && !self.stopped.get()
     };
     drop(slot);
-    if answered {
+    let now = Instant::now();
+    let busy = self
+      .last_dispatch
+      .replace(Some(now))
+      .is_some_and(|last| now.duration_since(last) < DEFERRED_TURN);
+    if answered && busy {
       // Anything the handler started that needs the event loop wakes the
       // task itself (a fetch completing, a timer firing); what only a turn
       // of the loop notices (an unhandled rejection to report) waits for
-      // the next turn, which comes within DEFERRED_TURN at the latest.
+      // the next turn, which comes within DEFERRED_TURN at the latest: one
+      // turn for all the requests meanwhile.
       self.defer_turn();
     } else {
+      // A worker with little traffic takes its turn now, while its isolate
+      // is still in the caches.
       self.wake_task();
     }
     None
@@ -579,18 +597,29 @@ impl SharedWorker {
     }
   }
 
-  /// Makes sure the task takes a turn of the event loop soon: one timer per
-  /// worker however many requests are answered meanwhile.
+  /// Makes sure the task takes a turn of the event loop soon. One sweeper
+  /// task per thread serves every worker that asked: asking costs a push.
   fn defer_turn(self: &Rc<Self>) {
     if self.turn_deferred.replace(true) {
       return;
     }
-    let this = Rc::downgrade(self);
-    tokio::task::spawn_local(async move {
-      tokio::time::sleep(DEFERRED_TURN).await;
-      if let Some(this) = this.upgrade() {
-        this.turn_deferred.set(false);
-        this.wake_task();
+    DEFERRED_TURNS.with(|d| d.borrow_mut().push(Rc::downgrade(self)));
+    if TURN_SWEEPER_RUNS.with(|r| r.replace(true)) {
+      return;
+    }
+    tokio::task::spawn_local(async {
+      loop {
+        tokio::time::sleep(DEFERRED_TURN).await;
+        let due = DEFERRED_TURNS.with(|d| std::mem::take(&mut *d.borrow_mut()));
+        if due.is_empty() {
+          // Nothing asked for a while: stop until something does.
+          TURN_SWEEPER_RUNS.with(|r| r.set(false));
+          return;
+        }
+        for worker in due.iter().filter_map(std::rc::Weak::upgrade) {
+          worker.turn_deferred.set(false);
+          worker.wake_task();
+        }
       }
     });
   }
