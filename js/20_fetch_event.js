@@ -171,7 +171,13 @@ function respond(id, value) {
       : resourceForReadableStream(body);
     op_respond_stream(id, status, headers, rid);
   } else {
-    op_respond(id, status, headers, body);
+    // The first header pair as arguments: most responses have only that.
+    // (Read only if present: an empty list must not reach Array.prototype.)
+    if (headers.length >= 2) {
+      op_respond(id, status, body, headers[0], headers[1], headers);
+    } else {
+      op_respond(id, status, body, undefined, undefined, headers);
+    }
   }
 }
 

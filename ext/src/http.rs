@@ -146,10 +146,15 @@ pub async fn op_request_disconnected(state: Rc<RefCell<OpState>>, #[smi] id: u32
   .await
 }
 
-fn build_response(
-  scope: &mut v8::PinScope<'_, '_>,
+/// A Response's head from its status and its header list `[name0, value0,
+/// name1, value1, ...]`; the list's first pair may come as `first` (then
+/// the list is read from its third element), which spares the common
+/// one-header response reading an array element by element.
+fn build_response<'s>(
+  scope: &mut v8::PinScope<'s, '_>,
   status: u32,
-  headers: v8::Local<'_, v8::Array>,
+  first: Option<(v8::Local<'s, v8::Value>, v8::Local<'s, v8::Value>)>,
+  headers: v8::Local<'s, v8::Array>,
   body: ResponseBody,
 ) -> Result<HttpResponse, JsErrorBox> {
   let status = u16::try_from(status)
@@ -162,9 +167,26 @@ fn build_response(
   let len = headers.length();
   map.reserve(len as usize / 2);
   let mut i = 0;
+  if let Some((name, value)) = first {
+    append_header(scope, map, name, value)?;
+    i = 2;
+  }
   while i + 1 < len {
     let name = headers.get_index(scope, i).unwrap();
     let value = headers.get_index(scope, i + 1).unwrap();
+    append_header(scope, map, name, value)?;
+    i += 2;
+  }
+  Ok(response)
+}
+
+fn append_header(
+  scope: &mut v8::PinScope<'_, '_>,
+  map: &mut http::HeaderMap,
+  name: v8::Local<'_, v8::Value>,
+  value: v8::Local<'_, v8::Value>,
+) -> Result<(), JsErrorBox> {
+  {
     let name = with_byte_string(scope, name, |bytes| {
       HeaderName::from_bytes(bytes).map_err(|_| {
         JsErrorBox::type_error(format!(
@@ -178,9 +200,8 @@ fn build_response(
         .map_err(|_| JsErrorBox::type_error(format!("invalid header value for {name}")))
     })??;
     map.append(name, value);
-    i += 2;
   }
-  Ok(response)
+  Ok(())
 }
 
 /// Runs `f` on the bytes of a header name or value without copying them out
@@ -215,14 +236,20 @@ fn send(state: &mut OpState, id: u32, outcome: HandlerOutcome) {
 }
 
 /// Answers request `id` with a body held whole: a string, bytes, or nothing.
+/// `headers` is the header list; its first pair also comes as `name0` and
+/// `value0` (undefined when there is none), which is all most responses
+/// have.
 #[op2(fast)]
+#[allow(clippy::too_many_arguments)]
 pub fn op_respond<'s>(
   scope: &mut v8::PinScope<'s, '_>,
   state: &mut OpState,
   #[smi] id: u32,
   #[smi] status: u32,
-  headers: v8::Local<'s, v8::Array>,
   body: v8::Local<'s, v8::Value>,
+  name0: v8::Local<'s, v8::Value>,
+  value0: v8::Local<'s, v8::Value>,
+  headers: v8::Local<'s, v8::Array>,
 ) -> Result<(), JsErrorBox> {
   let body = if body.is_null_or_undefined() {
     ResponseBody::empty()
@@ -235,7 +262,8 @@ pub fn op_respond<'s>(
   } else {
     return Err(JsErrorBox::type_error("unsupported response body"));
   };
-  let response = build_response(scope, status, headers, body)?;
+  let first = (!name0.is_undefined()).then_some((name0, value0));
+  let response = build_response(scope, status, first, headers, body)?;
   send(state, id, HandlerOutcome::Response(response));
   Ok(())
 }
@@ -255,7 +283,7 @@ pub fn op_respond_stream<'s>(
     .resource_table
     .take_any(rid)
     .map_err(JsErrorBox::from_err)?;
-  let response = build_response(scope, status, headers, ResponseBody::stream(resource))?;
+  let response = build_response(scope, status, None, headers, ResponseBody::stream(resource))?;
   send(state, id, HandlerOutcome::Response(response));
   Ok(())
 }

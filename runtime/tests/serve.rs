@@ -1870,6 +1870,22 @@ async fn response_headers_go_out_as_byte_strings() {
       .collect();
     assert_eq!(cookies, ["a=1; Path=/", "b=2"]);
     assert_eq!(r.text().await.unwrap(), "headers");
+
+    let none = client().get(srv.url("/none")).send().await.unwrap();
+    assert_eq!(none.status(), 202);
+    let mut names: Vec<&str> = none.headers().keys().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    // Only what hyper adds.
+    assert_eq!(names, ["content-length", "date"], "{:?}", none.headers());
+    assert_eq!(none.text().await.unwrap(), "");
+
+    let two = client().get(srv.url("/two")).send().await.unwrap();
+    assert_eq!(header(&two, "x-a").as_deref(), Some("1"));
+    assert_eq!(
+      header(&two, "content-type").as_deref(),
+      Some("text/plain;charset=UTF-8")
+    );
+    assert_eq!(two.text().await.unwrap(), "two");
   })
   .await;
 }
