@@ -260,7 +260,14 @@ function warmUpRequestPath() {
   event.waitUntil(PromiseResolve());
   extractResponseParts(event[_response]);
   extractResponseParts(Response.json({ warm: true }));
-  new ExecutionContext(illegalConstructor);
+  // The whole way in and out for a module-syntax handler, the op included:
+  // request 0 is nobody's, its response goes nowhere.
+  moduleHandler = { fetch: () => new Response("warm") };
+  try {
+    dispatchFetch(0, "GET", "http://warm.up/", ["host", "warm.up"], undefined);
+  } finally {
+    moduleHandler = null;
+  }
 }
 
 webidl.configureInterface?.(FetchEvent);

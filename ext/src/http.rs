@@ -229,7 +229,12 @@ fn with_byte_string<R>(
 }
 
 fn send(state: &mut OpState, id: u32, outcome: HandlerOutcome) {
-  if let Some(slot) = state.borrow_mut::<PendingResponses>().take(id) {
+  // (No slots at all while the snapshot is made: its warm-up answers
+  // nobody.)
+  let Some(pending) = state.try_borrow_mut::<PendingResponses>() else {
+    return;
+  };
+  if let Some(slot) = pending.take(id) {
     // The client may be gone; then there is nobody to answer.
     let _ = slot.send(outcome);
   }
