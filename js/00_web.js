@@ -1,7 +1,9 @@
 // The Web building blocks from deno_webidl, deno_web and deno_crypto, loaded
 // once, at snapshot time, in dependency order. Everything else imports them
 // from here; nothing is defined on globalThis in this file.
-import { core } from "ext:core/mod.js";
+import { core, primordials } from "ext:core/mod.js";
+
+const { ObjectFreeze, ObjectGetOwnPropertyDescriptor } = primordials;
 
 export const webidl = core.loadExtScript("ext:deno_webidl/00_webidl.js");
 export const infra = core.loadExtScript("ext:deno_web/00_infra.js");
@@ -41,3 +43,20 @@ export const performance = core.loadExtScript(
   "ext:deno_web/15_performance.js",
 );
 export const crypto = core.loadExtScript("ext:deno_crypto/00_crypto.js");
+
+// Accessors of deno_web's URL, Blob and File the engine reads through,
+// captured before any script runs, so that a script replacing them on the
+// public prototypes cannot change what the engine sees.
+const getterOf = (prototype, name) =>
+  ObjectGetOwnPropertyDescriptor(prototype, name).get;
+export const accessors = ObjectFreeze({
+  __proto__: null,
+  URLPrototypeGetHref: getterOf(url.URLPrototype, "href"),
+  URLPrototypeGetProtocol: getterOf(url.URLPrototype, "protocol"),
+  URLPrototypeGetUsername: getterOf(url.URLPrototype, "username"),
+  URLPrototypeGetPassword: getterOf(url.URLPrototype, "password"),
+  BlobPrototypeGetSize: getterOf(file.BlobPrototype, "size"),
+  BlobPrototypeGetType: getterOf(file.BlobPrototype, "type"),
+  FilePrototypeGetName: getterOf(file.FilePrototype, "name"),
+  FilePrototypeGetLastModified: getterOf(file.FilePrototype, "lastModified"),
+});

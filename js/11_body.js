@@ -15,6 +15,7 @@
 
 import { core, primordials } from "ext:core/mod.js";
 import {
+  accessors,
   file,
   infra,
   mimesniff,
@@ -90,14 +91,10 @@ const { URLSearchParamsPrototype, parseUrlEncoded } = url;
 // cannot alter how bodies are read.
 const BlobPrototypeBytes = BlobPrototype.bytes;
 const BlobPrototypeSlice = BlobPrototype.slice;
-const BlobPrototypeGetSize = ObjectGetOwnPropertyDescriptor(
-  BlobPrototype,
-  "size",
-).get;
-const BlobPrototypeGetType = ObjectGetOwnPropertyDescriptor(
-  BlobPrototype,
-  "type",
-).get;
+const {
+  BlobPrototypeGetSize,
+  BlobPrototypeGetType,
+} = accessors;
 const URLSearchParamsPrototypeToString = URLSearchParamsPrototype.toString;
 const ByteControllerGetBYOBRequest = ObjectGetOwnPropertyDescriptor(
   ReadableByteStreamController.prototype,

@@ -4,14 +4,13 @@
 // the parser behind `body.formData()` for multipart/form-data bodies.
 
 import { core, primordials } from "ext:core/mod.js";
-import { consoleNs, file, webidl } from "ext:runtime/00_web.js";
+import { accessors, consoleNs, file, webidl } from "ext:runtime/00_web.js";
 
 const {
   ArrayPrototypePush,
   FunctionPrototypeCall,
   MathRandom,
   NumberPrototypeToString,
-  ObjectGetOwnPropertyDescriptor,
   ObjectPrototypeIsPrototypeOf,
   RegExpPrototypeTest,
   SafeRegExp,
@@ -31,18 +30,11 @@ const {
 const { createFilteredInspectProxy } = consoleNs;
 const { Blob, BlobPrototype, File, FilePrototype } = file;
 
-const BlobPrototypeGetType = ObjectGetOwnPropertyDescriptor(
-  BlobPrototype,
-  "type",
-).get;
-const FilePrototypeGetName = ObjectGetOwnPropertyDescriptor(
-  FilePrototype,
-  "name",
-).get;
-const FilePrototypeGetLastModified = ObjectGetOwnPropertyDescriptor(
-  FilePrototype,
-  "lastModified",
-).get;
+const {
+  BlobPrototypeGetType,
+  FilePrototypeGetName,
+  FilePrototypeGetLastModified,
+} = accessors;
 
 const _entries = Symbol("[[entryList]]");
 const kInternal = Symbol("formdata.internal");

@@ -3,6 +3,7 @@
 import { core, primordials } from "ext:core/mod.js";
 import {
   abortSignal,
+  accessors,
   consoleNs,
   domException,
   url as urlNs,
@@ -31,7 +32,6 @@ const {
   ArrayPrototypeSlice,
   FunctionPrototypeCall,
   ObjectFreeze,
-  ObjectGetOwnPropertyDescriptor,
   ObjectKeys,
   ObjectPrototypeIsPrototypeOf,
   PromisePrototypeThen,
@@ -45,21 +45,16 @@ const {
 
 const { createFilteredInspectProxy } = consoleNs;
 const { DOMException } = domException;
-const { URL, URLPrototype } = urlNs;
+const { URL } = urlNs;
 const { createDependentAbortSignal, newSignal, signalAbort } = abortSignal;
 const { getLocationHref } = core.loadExtScript("ext:deno_web/12_location.js");
 const { op_request_disconnected } = core.ops;
 
-const URLPrototypeGetHref = ObjectGetOwnPropertyDescriptor(URLPrototype, "href")
-  .get;
-const URLPrototypeGetUsername = ObjectGetOwnPropertyDescriptor(
-  URLPrototype,
-  "username",
-).get;
-const URLPrototypeGetPassword = ObjectGetOwnPropertyDescriptor(
-  URLPrototype,
-  "password",
-).get;
+const {
+  URLPrototypeGetHref,
+  URLPrototypeGetUsername,
+  URLPrototypeGetPassword,
+} = accessors;
 
 // Internal slots.
 const _method = Symbol("[[method]]");

@@ -173,11 +173,15 @@ function respond(id, value) {
   } else {
     // The first header pair as arguments: most responses have only that.
     // (Read only if present: an empty list must not reach Array.prototype.)
-    if (headers.length >= 2) {
-      op_respond(id, status, body, headers[0], headers[1], headers);
-    } else {
-      op_respond(id, status, body, undefined, undefined, headers);
-    }
+    const one = headers.length >= 2;
+    op_respond(
+      id,
+      status,
+      body,
+      one ? headers[0] : undefined,
+      one ? headers[1] : undefined,
+      headers,
+    );
   }
 }
 

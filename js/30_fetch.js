@@ -17,6 +17,7 @@
 import { core, primordials } from "ext:core/mod.js";
 import {
   abortSignal,
+  accessors,
   file,
   infra,
   mimesniff,
@@ -67,33 +68,19 @@ const { add: signalAdd, remove: signalRemove } = abortSignal;
 const { BlobPrototype, blobFromObjectUrl } = file;
 const { URL, URLPrototype } = urlNs;
 
-const URLPrototypeGetHref = ObjectGetOwnPropertyDescriptor(URLPrototype, "href")
-  .get;
-const URLPrototypeGetProtocol = ObjectGetOwnPropertyDescriptor(
-  URLPrototype,
-  "protocol",
-).get;
+const {
+  URLPrototypeGetHref,
+  URLPrototypeGetProtocol,
+  URLPrototypeGetUsername,
+  URLPrototypeGetPassword,
+  BlobPrototypeGetSize,
+  BlobPrototypeGetType,
+} = accessors;
 const URLPrototypeGetOrigin = ObjectGetOwnPropertyDescriptor(
   URLPrototype,
   "origin",
 ).get;
-const URLPrototypeGetUsername = ObjectGetOwnPropertyDescriptor(
-  URLPrototype,
-  "username",
-).get;
-const URLPrototypeGetPassword = ObjectGetOwnPropertyDescriptor(
-  URLPrototype,
-  "password",
-).get;
 const BlobPrototypeBytes = BlobPrototype.bytes;
-const BlobPrototypeGetSize = ObjectGetOwnPropertyDescriptor(
-  BlobPrototype,
-  "size",
-).get;
-const BlobPrototypeGetType = ObjectGetOwnPropertyDescriptor(
-  BlobPrototype,
-  "type",
-).get;
 
 // The most redirects one fetch() follows (the standard's limit).
 const MAX_REDIRECTS = 20;

@@ -215,7 +215,7 @@ function aesGcm(self, op, algorithm, key, data) {
   const keyAlgorithm = FunctionPrototypeCall(getKeyAlgorithm, key);
   data = webidl.converters.BufferSource(data, prefix, "Argument 3");
   const params = aesGcmParams(algorithm, prefix);
-  const original = op === "encrypt" ? originalEncrypt : originalDecrypt;
+  const original = originals[op];
   if (params === null) {
     return FunctionPrototypeCall(original, self, algorithm, key, data);
   }
@@ -254,28 +254,23 @@ function aesGcm(self, op, algorithm, key, data) {
   );
 }
 
-const originalEncrypt = SubtleCryptoPrototype.encrypt;
-const originalDecrypt = SubtleCryptoPrototype.decrypt;
-replaceMethod("encrypt", {
-  async encrypt(algorithm, key, data) {
-    webidl.requiredArguments(
-      arguments.length,
-      3,
-      "Failed to execute 'encrypt' on 'SubtleCrypto'",
-    );
-    return aesGcm(this, "encrypt", algorithm, key, data);
-  },
-}.encrypt);
-replaceMethod("decrypt", {
-  async decrypt(algorithm, key, data) {
-    webidl.requiredArguments(
-      arguments.length,
-      3,
-      "Failed to execute 'decrypt' on 'SubtleCrypto'",
-    );
-    return aesGcm(this, "decrypt", algorithm, key, data);
-  },
-}.decrypt);
+const originals = {
+  __proto__: null,
+  encrypt: SubtleCryptoPrototype.encrypt,
+  decrypt: SubtleCryptoPrototype.decrypt,
+};
+for (const op of ["encrypt", "decrypt"]) {
+  replaceMethod(op, {
+    async [op](algorithm, key, data) {
+      webidl.requiredArguments(
+        arguments.length,
+        3,
+        `Failed to execute '${op}' on 'SubtleCrypto'`,
+      );
+      return aesGcm(this, op, algorithm, key, data);
+    },
+  }[op]);
+}
 
 // --- deriveBits: unused bits are zero ---------------------------------------
 

@@ -108,7 +108,7 @@ impl IsolatePool {
       match live.get_mut(&index) {
         Some(worker) if !worker.shared.is_stopped() => {
           worker.last_used = now;
-          Some((worker.shared.clone(), worker.requests.clone()))
+          Some(worker.shared.clone())
         }
         // The worker stopped (a limit, or it failed to start).
         Some(_) => {
@@ -120,16 +120,23 @@ impl IsolatePool {
     };
     // The map is not borrowed while the handler runs.
     let request = match warm {
-      Some((shared, requests)) => match shared.try_dispatch(request) {
-        None => return,
-        Some(request) => match requests.send(request) {
-          Ok(()) => return,
-          Err(mpsc::error::SendError(request)) => {
-            self.live.borrow_mut().remove(&index);
-            request
-          }
-        },
-      },
+      Some(shared) => {
+        let Some(request) = shared.try_dispatch(request) else {
+          return;
+        };
+        // Loading, or its task is using the isolate: the task takes it.
+        let mut live = self.live.borrow_mut();
+        match live.get(&index).map(|w| w.requests.clone()) {
+          Some(requests) => match requests.send(request) {
+            Ok(()) => return,
+            Err(mpsc::error::SendError(request)) => {
+              live.remove(&index);
+              request
+            }
+          },
+          None => request,
+        }
+      }
       None => request,
     };
     let (tx, rx) = mpsc::unbounded_channel();

@@ -3,9 +3,9 @@
 //! `*` matches any run of characters; the most specific pattern (the most
 //! literal characters) wins, ties going to the first declared.
 
-use std::collections::HashMap;
-
 use anyhow::bail;
+// A fast hash for the short path prefixes looked up on every request.
+use rustc_hash::FxHashMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutePattern {
@@ -41,29 +41,41 @@ impl RoutePattern {
       + self.path.chars().filter(|&c| c != '*').count()
   }
 
+  /// `host` as it came (any case, no port); `path` as it came.
   fn matches(&self, host: &str, path: &str) -> bool {
-    glob(&self.host, host) && glob(&self.path, path)
-  }
-
-  /// `*/*`: every request matches.
-  fn matches_everything(&self) -> bool {
-    self.host.bytes().all(|c| c == b'*')
-      && self.path.len() > 1
-      && self.path.starts_with('/')
-      && self.path[1..].bytes().all(|c| c == b'*')
+    glob(&self.host, host, true) && glob(&self.path, path, false)
   }
 }
 
-/// `*` matches any run of characters (including none).
-fn glob(pattern: &str, text: &str) -> bool {
+/// `*` matches any run of characters (including none); with `fold_case`,
+/// `text` is compared as if ASCII-lowercased (patterns are lowercase).
+fn glob(pattern: &str, text: &str, fold_case: bool) -> bool {
   let (p, t) = (pattern.as_bytes(), text.as_bytes());
+  // The usual shapes, `*` and `literal*`, need no backtracking.
+  if let Some((b'*', literal)) = p.split_last() {
+    if !literal.contains(&b'*') {
+      return t.len() >= literal.len()
+        && if fold_case {
+          t[..literal.len()].eq_ignore_ascii_case(literal)
+        } else {
+          &t[..literal.len()] == literal
+        };
+    }
+  }
+  let at = |i: usize| {
+    if fold_case {
+      t[i].to_ascii_lowercase()
+    } else {
+      t[i]
+    }
+  };
   let (mut pi, mut ti) = (0, 0);
   let mut star: Option<(usize, usize)> = None;
   while ti < t.len() {
     if pi < p.len() && p[pi] == b'*' {
       star = Some((pi, ti));
       pi += 1;
-    } else if pi < p.len() && p[pi] == t[ti] {
+    } else if pi < p.len() && p[pi] == at(ti) {
       pi += 1;
       ti += 1;
     } else if let Some((sp, st)) = star {
@@ -84,7 +96,7 @@ pub struct Router {
   entries: Vec<(RoutePattern, usize)>,
   /// Entries (indices into `entries`, ascending) by the path up to its
   /// first `*`.
-  by_path_prefix: HashMap<String, Vec<usize>>,
+  by_path_prefix: FxHashMap<String, Vec<usize>>,
   /// The lengths those prefixes have, ascending.
   prefix_lengths: Vec<usize>,
 }
@@ -99,7 +111,7 @@ impl Router {
       .collect();
     // Stable: ties keep declaration order.
     entries.sort_by_key(|(p, _)| std::cmp::Reverse(p.specificity()));
-    let mut by_path_prefix: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut by_path_prefix: FxHashMap<String, Vec<usize>> = FxHashMap::default();
     for (index, (pattern, _)) in entries.iter().enumerate() {
       let prefix = pattern.path.split('*').next().unwrap_or_default();
       by_path_prefix
@@ -119,14 +131,7 @@ impl Router {
 
   /// The worker for `host` (a Host header, port ignored) and `path`.
   pub fn route(&self, host: &str, path: &str) -> Option<usize> {
-    // The one-worker shorthand routes everything to its worker: no need to
-    // look at the host.
-    if let Some((pattern, worker)) = self.entries.first() {
-      if pattern.matches_everything() {
-        return Some(*worker);
-      }
-    }
-    let host = strip_port(host).to_ascii_lowercase();
+    let host = strip_port(host);
     // The most specific match is the one with the lowest index.
     let mut best: Option<usize> = None;
     for &len in &self.prefix_lengths {
@@ -144,7 +149,7 @@ impl Router {
         if best.is_some_and(|b| b < index) {
           break;
         }
-        if self.entries[index].0.matches(&host, path) {
+        if self.entries[index].0.matches(host, path) {
           best = Some(index);
           break;
         }
@@ -260,10 +265,10 @@ mod tests {
 
   #[test]
   fn globs() {
-    assert!(glob("*.example.com", "a.b.example.com"));
-    assert!(!glob("*.example.com", "example.com"));
-    assert!(glob("/v1/*", "/v1/"));
-    assert!(!glob("/v1/*", "/v2/x"));
-    assert!(glob("*", ""));
+    assert!(glob("*.example.com", "a.b.example.com", false));
+    assert!(!glob("*.example.com", "example.com", false));
+    assert!(glob("/v1/*", "/v1/", false));
+    assert!(!glob("/v1/*", "/v2/x", false));
+    assert!(glob("*", "", false));
   }
 }

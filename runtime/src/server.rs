@@ -270,7 +270,6 @@ async fn serve_thread(
     .timer(CoarseTimer)
     .header_read_timeout(limits.header_read_timeout)
     .max_buf_size(limits.max_header_bytes.max(8192))
-    .max_header_size(limits.max_header_bytes)
     // One flat buffer per response: a single small write is cheaper for the
     // kernel than a two-part writev.
     .writev(false)
