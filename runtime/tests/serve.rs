@@ -1905,3 +1905,45 @@ async fn unhandled_rejection_of_a_handler_that_answered_at_once_is_reported() {
   })
   .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Operator options
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v8_flags_reach_the_isolates() {
+  within(60, async {
+    let dir = scratch_dir("v8-flags");
+    let script = dir.join("depth.js");
+    std::fs::write(
+      &script,
+      "function depth() { try { return 1 + depth(); } catch { return 1; } }\n\
+       export default { fetch() { return new Response(String(depth())); } };\n",
+    )
+    .unwrap();
+    let plain = serve_script(&script);
+    let mut cmd = serve_script_cmd(&script);
+    cmd.arg("--v8-flags=--stack-size=100");
+    let flagged = serve(cmd);
+    let c = client();
+    let (_, usual) = get_text(&c, &plain.url("/")).await;
+    let (_, small) = get_text(&c, &flagged.url("/")).await;
+    let (usual, small): (u64, u64) = (usual.parse().unwrap(), small.parse().unwrap());
+    assert!(
+      small * 2 < usual,
+      "a 100 KiB stack should allow far less recursion: {small} vs {usual}"
+    );
+  })
+  .await;
+}
+
+#[test]
+fn unknown_v8_flags_are_an_error() {
+  let mut cmd = serve_script_cmd(&example("hello.js"));
+  cmd.arg("--v8-flags=--no-such-flag-at-all");
+  let stderr = serve_fails(cmd);
+  assert!(
+    stderr.contains("--v8-flags") && stderr.contains("--no-such-flag-at-all"),
+    "{stderr}"
+  );
+}
