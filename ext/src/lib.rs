@@ -6,6 +6,7 @@ pub mod body;
 pub mod console;
 pub mod crypto;
 pub mod fetch;
+pub mod headers;
 pub mod http;
 
 use std::sync::Arc;
