@@ -692,7 +692,8 @@ function isRequest(value) {
  * @param {Request} request
  * @returns {{
  *   method: string, url: string, headers: Headers, body: InnerBody | null,
- *   redirect: "follow" | "error" | "manual", signal: AbortSignal | null,
+ *   redirect: "follow" | "error" | "manual", integrity: string,
+ *   signal: AbortSignal | null,
  * }}
  */
 function requestForFetch(request) {
@@ -703,6 +704,7 @@ function requestForFetch(request) {
     headers: request[_headers],
     body: request[_body] ?? null,
     redirect: request[_options].redirect,
+    integrity: request[_options].integrity,
     signal: request[_signal] ?? null,
   };
 }

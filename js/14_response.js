@@ -24,6 +24,7 @@ import { parseURL, urlHref } from "ext:runtime/13_request.js";
 
 const {
   ObjectFreeze,
+  TypedArrayPrototypeGetByteLength,
   ObjectPrototypeIsPrototypeOf,
   RangeError,
   RegExpPrototypeTest,
@@ -442,8 +443,32 @@ function newFetchResponse(status, statusText, flatHeaders, body, url, redirected
   return response;
 }
 
+/**
+ * The response a fetch() with integrity metadata gives: `response` as it
+ * was, with `bytes` (its whole body, checked) as the body.
+ * @param {Response} response
+ * @param {Uint8Array} bytes
+ */
+function fetchResponseWithBytes(response, bytes) {
+  const checked = new Response(kInternal);
+  setResponseFields(
+    checked,
+    response[_type],
+    response[_status],
+    response[_statusText],
+    cloneHeaders(response[_headers], "immutable"),
+    response[_body] === null
+      ? null
+      : new InnerBody(null, bytes, TypedArrayPrototypeGetByteLength(bytes)),
+  );
+  checked[_url] = response[_url];
+  if (response[_redirected] === true) checked[_redirected] = true;
+  return checked;
+}
+
 export {
   extractResponseParts,
+  fetchResponseWithBytes,
   isResponse,
   newFetchResponse,
   Response,

@@ -28,10 +28,14 @@ import {
 import { headerListFromHeaders } from "ext:runtime/10_headers.js";
 import { InnerBody, takeBodyForEngine } from "ext:runtime/11_body.js";
 import { Request, requestForFetch } from "ext:runtime/13_request.js";
-import { newFetchResponse } from "ext:runtime/14_response.js";
+import {
+  fetchResponseWithBytes,
+  newFetchResponse,
+  ResponsePrototype,
+} from "ext:runtime/14_response.js";
 import { currentRequestContext } from "ext:runtime/20_fetch_event.js";
 
-const { op_fetch, op_fetch_send } = core.ops;
+const { op_fetch, op_fetch_integrity_matches, op_fetch_send } = core.ops;
 const {
   ArrayPrototypeSlice,
   ArrayPrototypeSplice,
@@ -39,6 +43,7 @@ const {
   ObjectGetOwnPropertyDescriptor,
   ObjectPrototypeIsPrototypeOf,
   PromisePrototypeCatch,
+  PromisePrototypeThen,
   PromiseReject,
   RegExpPrototypeExec,
   SafeRegExp,
@@ -578,7 +583,27 @@ function fetch(input, init = undefined) {
     }
     context.subrequests++;
   }
-  return runFetch(requestForFetch(request));
+  const forFetch = requestForFetch(request);
+  const fetched = runFetch(forFetch);
+  if (forFetch.integrity === "") return fetched;
+  return PromisePrototypeThen(
+    fetched,
+    (response) => checkIntegrity(response, forFetch.integrity),
+  );
+}
+
+const ResponsePrototypeBytes = ResponsePrototype.bytes;
+
+// Subresource Integrity: the whole body is read and checked before the
+// response is handed out; a mismatch is a network error.
+async function checkIntegrity(response, metadata) {
+  const bytes = await FunctionPrototypeCall(ResponsePrototypeBytes, response);
+  if (!op_fetch_integrity_matches(metadata, bytes)) {
+    throw new TypeError(
+      `fetch failed: the response from ${response.url} does not match its integrity metadata`,
+    );
+  }
+  return fetchResponseWithBytes(response, bytes);
 }
 
 export { fetch };

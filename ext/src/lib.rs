@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod fetch;
 pub mod headers;
 pub mod http;
+pub mod integrity;
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ deno_core::extension!(
     http::op_request_disconnected,
     fetch::op_fetch,
     fetch::op_fetch_send,
+    integrity::op_fetch_integrity_matches,
   ],
   esm_entry_point = "ext:runtime/99_main.js",
   esm = [

@@ -387,6 +387,26 @@ async fn header_values_with_control_characters_go_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrity_metadata_is_checked() {
+  within(60, async {
+    let up = Upstream::start().await;
+    let rt = serve_client_script();
+    let v = get_json_ok(&script_url(&rt, "/integrity", &up)).await;
+    assert_eq!(
+      v["good"],
+      json!({"ok": true, "value": "status body"}),
+      "{v}"
+    );
+    for mismatch in ["wrong", "strongerWrong"] {
+      assert_eq!(v[mismatch]["ok"], false, "{mismatch}: {v}");
+      assert_eq!(v[mismatch]["error"]["isTypeError"], true, "{mismatch}: {v}");
+    }
+    assert_eq!(v["unknownOnly"]["value"], "status body", "{v}");
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_with_headers_both_ways() {
   within(60, async {
     let up = Upstream::start().await;
