@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod headers;
 pub mod http;
 pub mod integrity;
+pub mod url;
 
 use std::sync::Arc;
 
@@ -54,12 +55,13 @@ deno_core::extension!(
 pub fn extensions() -> Vec<Extension> {
   vec![
     deno_webidl::deno_webidl::init(),
-    deno_web::deno_web::init(
+    // With ada's URL parsing in place of the `url` crate's (url.rs).
+    url::replace_url_ops(deno_web::deno_web::init(
       Arc::new(deno_web::BlobStore::default()),
       None,
       false,
       Default::default(),
-    ),
+    )),
     deno_crypto::deno_crypto::init(None),
     runtime::init(),
   ]
