@@ -99,6 +99,8 @@ async fn request(pool: &IsolatePool, index: usize) {
 }
 
 fn main() {
+  // As the server does (src/main.rs).
+  runtime::worker::tune_allocator();
   let count: usize = std::env::args()
     .nth(1)
     .and_then(|n| n.parse().ok())
