@@ -255,22 +255,32 @@ function warmUpRequestPath() {
     null,
     undefined,
   );
+  // What nearly every handler or router reads and sets.
+  request.method;
   request.headers.get("accept");
-  new urlNs.URL(request.url).searchParams.get("query");
+  const url = new urlNs.URL(request.url);
+  url.pathname;
+  url.searchParams.get("query");
   const event = new FetchEvent(illegalConstructor, request);
-  event.respondWith(
-    new Response("warm", { headers: { "content-type": "text/plain" } }),
-  );
+  const response = new Response("warm", {
+    headers: { "content-type": "text/plain" },
+  });
+  response.headers.set("x-warm", "1");
+  event.respondWith(response);
   event.waitUntil(PromiseResolve());
   extractResponseParts(event[_response]);
   extractResponseParts(Response.json({ warm: true }));
+  // What the engine calls once a script is loaded, in both syntaxes (no
+  // default export: then the fetch listeners count).
+  setHandler({}, undefined, undefined);
+  setHandler({ default: { fetch: () => new Response("warm") } }, {}, {});
   // The whole way in and out for a module-syntax handler, the op included:
   // request 0 is nobody's, its response goes nowhere.
-  moduleHandler = { fetch: () => new Response("warm") };
   try {
     dispatchFetch(0, "GET", "http://warm.up/", ["host", "warm.up"], undefined);
   } finally {
     moduleHandler = null;
+    env = {};
   }
 }
 

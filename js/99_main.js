@@ -17,20 +17,28 @@ import { hideCryptoInternals } from "ext:runtime/40_crypto.js";
 import { performance } from "ext:runtime/00_web.js";
 
 const { ReflectDeleteProperty } = primordials;
+const { op_set_wasm_streaming_callback } = core.ops;
 
 installGlobalScope();
 hideCryptoInternals();
 warmUpRequestPath();
 
-function bootstrap() {
-  // deno_core keeps this callback per isolate, outside the snapshot.
-  core.setWasmStreamingCallback(handleWasmStreaming);
+function bootstrap(buildTime = false) {
   // performance.timeOrigin: when this isolate started.
   performance.setTimeOrigin();
+  if (buildTime) return;
+  // deno_core keeps this callback per isolate, outside the snapshot. (The op
+  // itself: core.setWasmStreamingCallback would be one more function every
+  // isolate compiles.)
+  op_set_wasm_streaming_callback(handleWasmStreaming);
   ReflectDeleteProperty(globalThis, "__runtimeBootstrap");
   ReflectDeleteProperty(globalThis, "Deno");
   ReflectDeleteProperty(globalThis, "__bootstrap");
   return [dispatchFetch, setHandler];
 }
+
+// Build time: compiles bootstrap (and setTimeOrigin) into the snapshot as
+// well, so that no isolate compiles them when it starts.
+bootstrap(true);
 
 globalThis.__runtimeBootstrap = bootstrap;

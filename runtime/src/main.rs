@@ -117,6 +117,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+  runtime::worker::tune_allocator();
   let cli = Cli::parse();
   // A script's console.debug is shown by default, as Deno and workerd do;
   // the WPT runner shows none of it.

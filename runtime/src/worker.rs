@@ -690,6 +690,26 @@ fn take_spare(memory_mb: u64) -> Option<SpareIsolate> {
   spare
 }
 
+/// Sets up the C allocator for isolates coming and going; call once, at the
+/// start of the process, before any thread is spawned.
+///
+/// An isolate mallocs about 1 MiB of its own (V8's stub caches, string
+/// table and isolate object, deno_core's op tables), in blocks of up to
+/// ~130 KiB. With glibc's defaults, dropping an isolate trims that memory
+/// back to the kernel (the top of the heap is free again) and the blocks
+/// over 128 KiB are mmapped, so each new isolate faults all of it in again,
+/// zeroed page by page: 61 of the 149 page faults of creating an isolate
+/// (bench/isolates). Keeping up to 8 MiB free at the top of each arena, and
+/// serving blocks under 1 MiB from the arenas, reuses that memory instead.
+pub fn tune_allocator() {
+  #[cfg(all(target_os = "linux", target_env = "gnu"))]
+  // SAFETY: mallopt only changes glibc's tunables.
+  unsafe {
+    libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
+    libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+  }
+}
+
 /// Makes sure this thread has a spare isolate ready.
 pub fn prewarm_spare_isolate() {
   if SPARES.with(|s| !s.borrow().is_empty()) {
