@@ -150,6 +150,7 @@ impl Poison {
 pub struct Worker {
   // Dropped before `rt` (see `Drop`), with the isolate entered.
   dispatch: Option<v8::Global<v8::Function>>,
+  handles: Option<RequestHandles>,
   rt: IsolateRuntime,
   name: String,
   cpu: Arc<CpuSlot>,
@@ -164,6 +165,49 @@ impl Drop for Worker {
   fn drop(&mut self) {
     let _entered = Entered::new(self.rt.isolate());
     self.dispatch.take();
+    self.handles.take();
+  }
+}
+
+/// The common methods, whose strings a worker makes once, not per request.
+const COMMON_METHODS: [http::Method; 7] = [
+  http::Method::GET,
+  http::Method::HEAD,
+  http::Method::POST,
+  http::Method::PUT,
+  http::Method::DELETE,
+  http::Method::PATCH,
+  http::Method::OPTIONS,
+];
+
+/// What every request needs from the isolate, kept rather than made anew:
+/// its context and the strings of the common methods.
+struct RequestHandles {
+  context: v8::Global<v8::Context>,
+  methods: [v8::Global<v8::String>; COMMON_METHODS.len()],
+}
+
+impl RequestHandles {
+  fn new(runtime: &mut JsRuntime) -> Self {
+    let context = runtime.main_context();
+    deno_core::scope!(scope, runtime);
+    let methods = COMMON_METHODS.map(|method| {
+      let name = v8::String::new_from_one_byte(
+        scope,
+        method.as_str().as_bytes(),
+        v8::NewStringType::Internalized,
+      )
+      .unwrap();
+      v8::Global::new(scope, name)
+    });
+    Self { context, methods }
+  }
+
+  fn method(&self, method: &http::Method) -> Option<&v8::Global<v8::String>> {
+    COMMON_METHODS
+      .iter()
+      .position(|m| m == method)
+      .map(|i| &self.methods[i])
   }
 }
 
@@ -255,8 +299,10 @@ impl Worker {
     .await
     .with_context(|| format!("worker {:?}", config.name))?;
 
+    let handles = rt.with(RequestHandles::new);
     Ok(Worker {
       dispatch: Some(dispatch),
+      handles: Some(handles),
       rt,
       name: config.name.clone(),
       cpu: ctx.cpu.clone(),
@@ -295,11 +341,22 @@ impl Worker {
     drop(state);
 
     let slice = self.cpu.begin(&self.isolate_handle, self.cpu_budget);
-    deno_core::scope!(scope, runtime);
+    let handles = self.handles.as_ref().expect("live worker");
+    v8::scope!(scope, runtime.v8_isolate());
+    let context = v8::Local::new(scope, &handles.context);
+    let scope = &mut v8::ContextScope::new(scope, context);
     let dispatch = v8::Local::new(scope, self.dispatch.as_ref().expect("live worker"));
     let id_value = v8::Integer::new_from_unsigned(scope, id).into();
-    let method = v8::String::new(scope, method.as_str()).unwrap().into();
-    let url = v8::String::new(scope, &url).unwrap().into();
+    let method = match handles.method(&method) {
+      Some(common) => v8::Local::new(scope, common),
+      None => v8::String::new(scope, method.as_str()).unwrap(),
+    }
+    .into();
+    // The URL is ASCII: the URI's own characters and a Host header that
+    // passed `to_str`.
+    let url = v8::String::new_from_one_byte(scope, url.as_bytes(), v8::NewStringType::Normal)
+      .unwrap()
+      .into();
     // On the stack for the usual handful of headers.
     let mut header_values: SmallVec<[v8::Local<v8::Value>; 32]> = SmallVec::new();
     for (name, value) in headers.iter() {

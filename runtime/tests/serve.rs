@@ -1917,13 +1917,13 @@ async fn v8_flags_reach_the_isolates() {
     let script = dir.join("depth.js");
     std::fs::write(
       &script,
-      "function depth() { try { return 1 + depth(); } catch { return 1; } }\n\
-       export default { fetch() { return new Response(String(depth())); } };\n",
+      "function depth(n) { try { return depth(n + 1); } catch { return n; } }\n\
+       export default { fetch() { return new Response(String(depth(0))); } };\n",
     )
     .unwrap();
     let plain = serve_script(&script);
     let mut cmd = serve_script_cmd(&script);
-    cmd.arg("--v8-flags=--stack-size=100");
+    cmd.arg("--v8-flags=--stack-size=300");
     let flagged = serve(cmd);
     let c = client();
     let (_, usual) = get_text(&c, &plain.url("/")).await;
@@ -1931,7 +1931,7 @@ async fn v8_flags_reach_the_isolates() {
     let (usual, small): (u64, u64) = (usual.parse().unwrap(), small.parse().unwrap());
     assert!(
       small * 2 < usual,
-      "a 100 KiB stack should allow far less recursion: {small} vs {usual}"
+      "a 300 KiB stack should allow far less recursion: {small} vs {usual}"
     );
   })
   .await;
