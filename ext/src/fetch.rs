@@ -335,8 +335,8 @@ pub fn op_fetch<'s>(
         String::from_utf8_lossy(&pair[0])
       ))
     })?;
-    let value = crate::headers::fetch_header_value(&pair[1])
-      .ok_or_else(|| type_error(format!("fetch failed: invalid value for header {name}")))?;
+    let value = HeaderValue::from_bytes(&pair[1])
+      .map_err(|_| type_error(format!("fetch failed: invalid value for header {name}")))?;
     if name == header::CONTENT_LENGTH {
       content_length = Some(value);
     } else if !is_connection_header(&name) {

@@ -6,7 +6,6 @@ pub mod body;
 pub mod console;
 pub mod crypto;
 pub mod fetch;
-pub mod headers;
 pub mod http;
 pub mod integrity;
 pub mod url;
