@@ -180,27 +180,59 @@ const COMMON_METHODS: [http::Method; 7] = [
   http::Method::OPTIONS,
 ];
 
+/// The request header names most clients send, whose strings a worker also
+/// makes once.
+const COMMON_HEADERS: [http::HeaderName; 16] = [
+  http::header::HOST,
+  http::header::USER_AGENT,
+  http::header::ACCEPT,
+  http::header::ACCEPT_ENCODING,
+  http::header::ACCEPT_LANGUAGE,
+  http::header::CONNECTION,
+  http::header::CONTENT_TYPE,
+  http::header::CONTENT_LENGTH,
+  http::header::COOKIE,
+  http::header::AUTHORIZATION,
+  http::header::ORIGIN,
+  http::header::REFERER,
+  http::header::CACHE_CONTROL,
+  http::header::IF_NONE_MATCH,
+  http::header::UPGRADE_INSECURE_REQUESTS,
+  http::header::PRAGMA,
+];
+
 /// What every request needs from the isolate, kept rather than made anew:
-/// its context and the strings of the common methods.
+/// its context and the strings of the common methods and header names.
 struct RequestHandles {
   context: v8::Global<v8::Context>,
   methods: [v8::Global<v8::String>; COMMON_METHODS.len()],
+  header_names: [v8::Global<v8::String>; 16],
 }
 
 impl RequestHandles {
   fn new(runtime: &mut JsRuntime) -> Self {
     let context = runtime.main_context();
     deno_core::scope!(scope, runtime);
-    let methods = COMMON_METHODS.map(|method| {
-      let name = v8::String::new_from_one_byte(
-        scope,
-        method.as_str().as_bytes(),
-        v8::NewStringType::Internalized,
-      )
-      .unwrap();
+    let internalized = |name: &str| {
+      let name =
+        v8::String::new_from_one_byte(scope, name.as_bytes(), v8::NewStringType::Internalized)
+          .unwrap();
       v8::Global::new(scope, name)
-    });
-    Self { context, methods }
+    };
+    let methods = COMMON_METHODS.map(|method| internalized(method.as_str()));
+    let header_names = COMMON_HEADERS.map(|name| internalized(name.as_str()));
+    Self {
+      context,
+      methods,
+      header_names,
+    }
+  }
+
+  fn header_name(&self, name: &http::HeaderName) -> Option<&v8::Global<v8::String>> {
+    COMMON_HEADERS
+      .iter()
+      .position(|n| n == name)
+      .map(|i| &self.header_names[i])
   }
 
   fn method(&self, method: &http::Method) -> Option<&v8::Global<v8::String>> {
@@ -360,10 +392,15 @@ impl Worker {
     // On the stack for the usual handful of headers.
     let mut header_values: SmallVec<[v8::Local<v8::Value>; 32]> = SmallVec::new();
     for (name, value) in headers.iter() {
-      let name =
-        v8::String::new_from_one_byte(scope, name.as_str().as_bytes(), v8::NewStringType::Normal);
+      let name = match handles.header_name(name) {
+        Some(common) => v8::Local::new(scope, common),
+        None => {
+          v8::String::new_from_one_byte(scope, name.as_str().as_bytes(), v8::NewStringType::Normal)
+            .unwrap()
+        }
+      };
       let value = v8::String::new_from_one_byte(scope, value.as_bytes(), v8::NewStringType::Normal);
-      header_values.push(name.unwrap().into());
+      header_values.push(name.into());
       header_values.push(value.unwrap().into());
     }
     let headers = v8::Array::new_with_elements(scope, &header_values).into();
