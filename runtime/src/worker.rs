@@ -149,7 +149,6 @@ impl Poison {
 
 pub struct Worker {
   // Dropped before `rt` (see `Drop`), with the isolate entered.
-  dispatch: Option<v8::Global<v8::Function>>,
   handles: Option<RequestHandles>,
   rt: IsolateRuntime,
   name: String,
@@ -164,7 +163,6 @@ pub struct Worker {
 impl Drop for Worker {
   fn drop(&mut self) {
     let _entered = Entered::new(self.rt.isolate());
-    self.dispatch.take();
     self.handles.take();
   }
 }
@@ -180,9 +178,11 @@ const COMMON_METHODS: [http::Method; 7] = [
   http::Method::OPTIONS,
 ];
 
+const COMMON_HEADER_COUNT: usize = 16;
+
 /// The request header names most clients send, whose strings a worker also
 /// makes once.
-const COMMON_HEADERS: [http::HeaderName; 16] = [
+const COMMON_HEADERS: [http::HeaderName; COMMON_HEADER_COUNT] = [
   http::header::HOST,
   http::header::USER_AGENT,
   http::header::ACCEPT,
@@ -202,15 +202,26 @@ const COMMON_HEADERS: [http::HeaderName; 16] = [
 ];
 
 /// What every request needs from the isolate, kept rather than made anew:
-/// its context and the strings of the common methods and header names.
+/// the script's dispatch function, its context, and the strings of the
+/// common methods and header names.
 struct RequestHandles {
+  dispatch: v8::Global<v8::Function>,
   context: v8::Global<v8::Context>,
   methods: [v8::Global<v8::String>; COMMON_METHODS.len()],
-  header_names: [v8::Global<v8::String>; 16],
+  header_names: [v8::Global<v8::String>; COMMON_HEADER_COUNT],
+}
+
+/// The string made for `key`, if it is one of `keys`.
+fn cached_string<'a, K: PartialEq>(
+  keys: &[K],
+  strings: &'a [v8::Global<v8::String>],
+  key: &K,
+) -> Option<&'a v8::Global<v8::String>> {
+  keys.iter().position(|k| k == key).map(|i| &strings[i])
 }
 
 impl RequestHandles {
-  fn new(runtime: &mut JsRuntime) -> Self {
+  fn new(runtime: &mut JsRuntime, dispatch: v8::Global<v8::Function>) -> Self {
     let context = runtime.main_context();
     deno_core::scope!(scope, runtime);
     let internalized = |name: &str| {
@@ -222,24 +233,11 @@ impl RequestHandles {
     let methods = COMMON_METHODS.map(|method| internalized(method.as_str()));
     let header_names = COMMON_HEADERS.map(|name| internalized(name.as_str()));
     Self {
+      dispatch,
       context,
       methods,
       header_names,
     }
-  }
-
-  fn header_name(&self, name: &http::HeaderName) -> Option<&v8::Global<v8::String>> {
-    COMMON_HEADERS
-      .iter()
-      .position(|n| n == name)
-      .map(|i| &self.header_names[i])
-  }
-
-  fn method(&self, method: &http::Method) -> Option<&v8::Global<v8::String>> {
-    COMMON_METHODS
-      .iter()
-      .position(|m| m == method)
-      .map(|i| &self.methods[i])
   }
 }
 
@@ -331,9 +329,8 @@ impl Worker {
     .await
     .with_context(|| format!("worker {:?}", config.name))?;
 
-    let handles = rt.with(RequestHandles::new);
+    let handles = rt.with(|runtime| RequestHandles::new(runtime, dispatch));
     Ok(Worker {
-      dispatch: Some(dispatch),
       handles: Some(handles),
       rt,
       name: config.name.clone(),
@@ -377,9 +374,9 @@ impl Worker {
     v8::scope!(scope, runtime.v8_isolate());
     let context = v8::Local::new(scope, &handles.context);
     let scope = &mut v8::ContextScope::new(scope, context);
-    let dispatch = v8::Local::new(scope, self.dispatch.as_ref().expect("live worker"));
+    let dispatch = v8::Local::new(scope, &handles.dispatch);
     let id_value = v8::Integer::new_from_unsigned(scope, id).into();
-    let method = match handles.method(&method) {
+    let method = match cached_string(&COMMON_METHODS, &handles.methods, &method) {
       Some(common) => v8::Local::new(scope, common),
       None => v8::String::new(scope, method.as_str()).unwrap(),
     }
@@ -392,7 +389,7 @@ impl Worker {
     // On the stack for the usual handful of headers.
     let mut header_values: SmallVec<[v8::Local<v8::Value>; 32]> = SmallVec::new();
     for (name, value) in headers.iter() {
-      let name = match handles.header_name(name) {
+      let name = match cached_string(&COMMON_HEADERS, &handles.header_names, name) {
         Some(common) => v8::Local::new(scope, common),
         None => {
           v8::String::new_from_one_byte(scope, name.as_str().as_bytes(), v8::NewStringType::Normal)
