@@ -25,6 +25,7 @@ const {
   ObjectDefineProperty,
   ObjectPrototypeIsPrototypeOf,
   ObjectSetPrototypeOf,
+  PromiseReject,
   Symbol,
   SymbolToStringTag,
   TypeError,
@@ -37,8 +38,9 @@ const illegalConstructor = Symbol("illegalConstructor");
 
 // WorkerGlobalScope, as HTML defines it, carries the attributes of the
 // WindowOrWorkerGlobalScope mixin; of those, `performance` (hr-time) is an
-// accessor of its prototype, where idlharness looks for it. The rest stay
-// own properties of the global object.
+// accessor of its prototype, where idlharness looks for it, and so are
+// WebCrypto's `crypto` and the Fetch standard's fetch(). The rest stay own
+// properties of the global object.
 class WorkerGlobalScope extends event.EventTarget {
   constructor(key) {
     if (key !== illegalConstructor) throw new TypeError("Illegal constructor");
@@ -61,15 +63,51 @@ class WorkerGlobalScope extends event.EventTarget {
     });
   }
 
+  // WebCrypto's [SameObject] readonly attribute: minted on first use, never
+  // at snapshot time (deno_crypto's objects live on the C++ heap).
+  get crypto() {
+    assertGlobal(this);
+    return getCrypto();
+  }
+
   get [SymbolToStringTag]() {
     return "WorkerGlobalScope";
   }
 }
 
 // WebIDL attributes are enumerable.
-ObjectDefineProperty(WorkerGlobalScope.prototype, "performance", {
+for (const name of ["performance", "crypto"]) {
+  ObjectDefineProperty(WorkerGlobalScope.prototype, name, {
+    __proto__: null,
+    enumerable: true,
+  });
+}
+// fetch() (the Fetch standard's partial WindowOrWorkerGlobalScope) is an
+// operation of the prototype too: idlharness looks for it there. A script
+// that assigns `globalThis.fetch` shadows it, as in a browser's worker.
+ObjectDefineProperty(WorkerGlobalScope.prototype, "fetch", {
   __proto__: null,
+  value: {
+    // A method: named "fetch", length 1, not a constructor. Called on
+    // anything but the global scope it rejects, as WebIDL's promise
+    // operations do.
+    fetch(input, init = undefined) {
+      try {
+        assertGlobal(this);
+        webidl.requiredArguments(
+          arguments.length,
+          1,
+          "Failed to execute 'fetch'",
+        );
+      } catch (error) {
+        return PromiseReject(error);
+      }
+      return fetch(input, init);
+    },
+  }.fetch,
+  writable: true,
   enumerable: true,
+  configurable: true,
 });
 
 // The `this` of an attribute of the global scope: undefined or null stand
@@ -262,11 +300,10 @@ const globalScope = {
   WritableStreamDefaultWriter: nonEnumerable(
     streams.WritableStreamDefaultWriter,
   ),
-  // deno_crypto: `crypto` is minted on first use, never at snapshot time.
+  // deno_crypto (`crypto` itself is an attribute of WorkerGlobalScope).
   Crypto: nonEnumerable(web.crypto.Crypto),
   CryptoKey: nonEnumerable(web.crypto.CryptoKey),
   SubtleCrypto: nonEnumerable(web.crypto.SubtleCrypto),
-  crypto: getter(getCrypto),
   // ours
   ExecutionContext: nonEnumerable(ExecutionContext),
   FetchEvent: nonEnumerable(FetchEvent),
@@ -283,7 +320,6 @@ const globalScope = {
   clearInterval: enumerable(web.timers.clearInterval),
   clearTimeout: enumerable(web.timers.clearTimeout),
   console: nonEnumerable(new web.consoleNs.Console(printer)),
-  fetch: enumerable(fetch),
   navigator: getter(() => navigator),
   reportError: enumerable(event.reportError),
   setInterval: enumerable(web.timers.setInterval),

@@ -298,3 +298,44 @@ fn meta_scripts_variants_and_hanging_or_throwing_files() {
   assert!(summary["files"].get("x/window-only.any.js").is_none());
   std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `.https.` tests are served over TLS by the runner's wptserve, with a certificate made for
+/// the run that the test's isolate trusts; plain-http tests fetch over http as before.
+#[test]
+fn https_tests_fetch_from_wptserve_over_tls() {
+  let dir = fake_wpt("tls");
+  let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+  write("x/resources/data.txt", "served\n");
+  let fetch_test = "promise_test(async () => {\n  \
+     const response = await fetch('resources/data.txt');\n  \
+     assert_equals(new URL(response.url).protocol, location.protocol);\n  \
+     assert_equals(await response.text(), 'served\\n');\n\
+     }, 'fetch ' + location.protocol);\n";
+  write("x/secure.https.any.js", fetch_test);
+  write("x/plain.any.js", fetch_test);
+
+  let summary = dir.join("summary.json");
+  let output = Command::new(BIN)
+    .arg("wpt")
+    .args([
+      "--wpt-dir",
+      dir.to_str().unwrap(),
+      "--expectations",
+      dir.join("none.json").to_str().unwrap(),
+      "--json",
+      summary.to_str().unwrap(),
+      "x/",
+    ])
+    .output()
+    .expect("runs the binary");
+  let text = stdout(&output);
+  eprintln!("{text}\n{}", String::from_utf8_lossy(&output.stderr));
+  assert!(output.status.success(), "{text}");
+  let summary = read_json(&summary);
+  for id in ["x/secure.https.any.js", "x/plain.any.js"] {
+    let file = &summary["files"][id];
+    assert_eq!(file["passed"], 1, "{id}: {file}");
+    assert_eq!(file["failed"], 0, "{id}: {file}");
+  }
+  std::fs::remove_dir_all(&dir).ok();
+}

@@ -14,6 +14,7 @@ mod isolate;
 mod results;
 mod server;
 mod tests;
+mod tls;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -226,6 +227,9 @@ struct Origins {
   /// The server's ports and how expectations spell them: subtest names that
   /// hold a URL are the same from one run to the next.
   ports: Vec<(u16, &'static str)>,
+  /// The CA the https server's certificate is signed by, trusted by the
+  /// test children (`RUNTIME_CA_CERTS`).
+  ca_file: Option<PathBuf>,
 }
 
 fn run_all(args: &WptArgs) -> anyhow::Result<ExitCode> {
@@ -278,11 +282,13 @@ fn run_all(args: &WptArgs) -> anyhow::Result<ExitCode> {
       http: server.http_origin(),
       https: server.https_origin(),
       ports: server.port_names(),
+      ca_file: server.tls.as_ref().map(|tls| tls.ca()),
     },
     None => Origins {
       http: "http://localhost:8000".to_string(),
       https: "https://localhost:8443".to_string(),
       ports: vec![(8000, "{{ports[http][0]}}"), (8443, "{{ports[https][0]}}")],
+      ca_file: None,
     },
   };
   let jobs = args
@@ -516,6 +522,9 @@ async fn run_child(
     &origins.http
   };
   let mut command = tokio::process::Command::new(exe);
+  if let Some(ca) = &origins.ca_file {
+    command.env("RUNTIME_CA_CERTS", ca);
+  }
   command
     .arg("wpt")
     .arg("--single")

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 
+use super::tls::TestCertificates;
+
 pub const WPTSERVE_VERSION: &str = "4.0.3";
 const LAUNCHER: &str = include_str!("launch_wptserve.py");
 
@@ -17,6 +19,9 @@ pub struct WptServer {
   child: Child,
   pub http_ports: Vec<u16>,
   pub https_ports: Vec<u16>,
+  /// The certificates its https ports serve with (None: no TLS, nothing
+  /// listens on those ports).
+  pub tls: Option<TestCertificates>,
 }
 
 impl WptServer {
@@ -25,8 +30,7 @@ impl WptServer {
     format!("http://localhost:{}", self.http_ports[0])
   }
 
-  /// The https origin `.https.` tests see in `location` (nothing listens:
-  /// no TLS here).
+  /// The https origin `.https.` tests see in `location`.
   pub fn https_origin(&self) -> String {
     format!("https://localhost:{}", self.https_ports[0])
   }
@@ -47,11 +51,19 @@ impl WptServer {
   /// binary from PyPI with pip if `python` cannot import it).
   pub fn start(python: &str, wpt_dir: &Path) -> anyhow::Result<WptServer> {
     let python_path = ensure_wptserve(python)?;
+    let tls = match TestCertificates::generate() {
+      Ok(tls) => Some(tls),
+      Err(error) => {
+        println!("wpt: warning: no certificates for https ({error:#}): https tests will fail");
+        None
+      }
+    };
     let mut command = Command::new(python);
+    command.arg("-c").arg(LAUNCHER).arg(wpt_dir);
+    if let Some(tls) = &tls {
+      command.arg(tls.cert()).arg(tls.key());
+    }
     command
-      .arg("-c")
-      .arg(LAUNCHER)
-      .arg(wpt_dir)
       .stdin(Stdio::piped())
       .stdout(Stdio::piped())
       .stderr(Stdio::null());
@@ -103,6 +115,7 @@ impl WptServer {
       child,
       http_ports,
       https_ports,
+      tls,
     })
   }
 }
