@@ -8,13 +8,15 @@
 //! `pthread_getcpuclockid`), so a limit is enforced within one tick of it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use deno_core::v8;
 
 /// How often the watchdog samples the clocks.
 const TICK: Duration = Duration::from_millis(2);
+/// Ticks with no JavaScript at all (about 50 ms) after which it parks.
+const QUIET_TICKS_BEFORE_PARKING: u32 = 25;
 
 /// One isolate thread as the watchdog sees it.
 pub struct CpuSlot {
@@ -29,6 +31,11 @@ pub struct CpuSlot {
 /// Registry of the slots the watchdog thread samples.
 struct Watchdog {
   slots: Mutex<Vec<Weak<CpuSlot>>>,
+  /// Set while the watchdog is parked (or about to park): a slice that
+  /// begins then wakes it through `wake`, under `park`.
+  parked: AtomicBool,
+  park: Mutex<()>,
+  wake: Condvar,
 }
 
 fn watchdog() -> &'static Watchdog {
@@ -36,6 +43,9 @@ fn watchdog() -> &'static Watchdog {
   WATCHDOG.get_or_init(|| {
     let dog: &'static Watchdog = Box::leak(Box::new(Watchdog {
       slots: Mutex::new(Vec::new()),
+      parked: AtomicBool::new(false),
+      park: Mutex::new(()),
+      wake: Condvar::new(),
     }));
     std::thread::Builder::new()
       .name("cpu-watchdog".into())
@@ -60,7 +70,12 @@ impl Watchdog {
     // Per slot: (generation seen at the last tick, CPU clock then, CPU used by
     // the slice so far).
     let mut seen: Vec<(Weak<CpuSlot>, u64, u64, u64)> = Vec::new();
+    let mut quiet_ticks = 0;
     loop {
+      if quiet_ticks >= QUIET_TICKS_BEFORE_PARKING {
+        self.park_until_a_slice_begins(&seen);
+        quiet_ticks = 0;
+      }
       std::thread::sleep(TICK);
       {
         let mut slots = self.slots.lock().unwrap();
@@ -72,9 +87,13 @@ impl Watchdog {
           }
         }
       }
+      quiet_ticks += 1;
       for (weak, last_generation, last_cpu, used) in seen.iter_mut() {
         let Some(slot) = weak.upgrade() else { continue };
         let generation = slot.generation.load(Ordering::Acquire);
+        if generation != *last_generation || generation % 2 == 1 {
+          quiet_ticks = 0;
+        }
         let Some(now) = thread_cpu(slot.clock) else {
           continue;
         };
@@ -98,6 +117,38 @@ impl Watchdog {
         *last_generation = generation;
         *last_cpu = now;
       }
+    }
+  }
+
+  /// Parks while no slot's generation moves from what the last tick saw.
+  /// Paired with `CpuSlot::begin` (Dekker style, both sequentially
+  /// consistent): it bumps a generation, then reads `parked`; this sets
+  /// `parked`, then reads the generations; one of them sees the other.
+  fn park_until_a_slice_begins(&self, seen: &[(Weak<CpuSlot>, u64, u64, u64)]) {
+    let mut guard = self.park.lock().unwrap();
+    self.parked.store(true, Ordering::SeqCst);
+    let moved = || {
+      seen.iter().any(|(weak, last_generation, ..)| {
+        weak
+          .upgrade()
+          .is_some_and(|slot| slot.generation.load(Ordering::SeqCst) != *last_generation)
+      })
+    };
+    // New threads register new slots; their first slice wakes us as well.
+    while !moved() {
+      guard = self.wake.wait(guard).unwrap();
+      if !self.parked.load(Ordering::SeqCst) {
+        break;
+      }
+    }
+    self.parked.store(false, Ordering::SeqCst);
+  }
+
+  fn wake_if_parked(&self) {
+    if self.parked.load(Ordering::SeqCst) {
+      let _guard = self.park.lock().unwrap();
+      self.parked.store(false, Ordering::SeqCst);
+      self.wake.notify_one();
     }
   }
 }
@@ -130,8 +181,9 @@ impl CpuSlot {
       Ordering::Relaxed,
     );
     self.fired.store(false, Ordering::Release);
-    self.generation.fetch_add(1, Ordering::AcqRel);
+    self.generation.fetch_add(1, Ordering::SeqCst);
     drop(current);
+    watchdog().wake_if_parked();
     SliceGuard { slot: self }
   }
 }

@@ -134,6 +134,31 @@ async fn cpu_limit_stops_a_synchronous_loop_and_recycles_the_isolate() {
   .await;
 }
 
+/// The CPU watchdog parks once no JavaScript has run for a while (an idle server does not wake it
+/// every tick); the first slice after that wakes it, and a loop is still stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_limit_stops_a_loop_that_starts_after_the_server_was_idle() {
+  within(60, async {
+    let mut srv = serve(config_cmd("limits.toml", 1));
+    let c = client();
+    for round in 1..=2 {
+      // Well past the watchdog's ~50 ms of quiet before it parks.
+      tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+      let (status, body) = deadline(20, "GET /spin after idling", async {
+        get_host(&c, &srv, "looper.test", "/spin").await
+      })
+      .await;
+      assert_eq!(status, 503, "round {round}: {body:?}");
+      srv
+        .wait_for_log_lines(&["looper", CPU_LIMIT_50], round, 10)
+        .await;
+    }
+    assert_eq!(count(&c, &srv, "looper.test", "/count").await, 1);
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_limit_stops_a_loop_after_an_await() {
   within(60, async {
