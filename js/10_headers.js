@@ -31,6 +31,7 @@ const {
   RegExpPrototypeTest,
   SafeRegExp,
   StringPrototypeCharCodeAt,
+  StringPrototypeIndexOf,
   StringPrototypeSlice,
   StringPrototypeToLowerCase,
   Symbol,
@@ -573,6 +574,31 @@ function headersFromList(list, guard = "none") {
 }
 
 /**
+ * The header list the engine packs a request's headers into: `name:value`
+ * entries joined by "\n", names lowercase, values valid (a name holds no
+ * ":" and a value no "\n", so the first ":" of an entry ends its name).
+ * @param {string} packed
+ * @returns {string[]}  [name0, value0, name1, value1, ...]
+ */
+function headerListFromPacked(packed) {
+  const list = [];
+  const length = packed.length;
+  let start = 0;
+  while (start < length) {
+    const colon = StringPrototypeIndexOf(packed, ":", start);
+    let end = StringPrototypeIndexOf(packed, "\n", colon);
+    if (end === -1) end = length;
+    ArrayPrototypePush(
+      list,
+      StringPrototypeSlice(packed, start, colon),
+      StringPrototypeSlice(packed, colon + 1, end),
+    );
+    start = end + 1;
+  }
+  return list;
+}
+
+/**
  * The header list of `headers` as stored: a flat array
  * `[name0, value0, ...]`, lowercase names, original order, Set-Cookie (and
  * any other repeated header) entries kept separate. This is the live list:
@@ -660,6 +686,7 @@ export {
   guardFromHeaders,
   hasHeader,
   headerListFromHeaders,
+  headerListFromPacked,
   Headers,
   headersFromList,
   HeadersPrototype,

@@ -702,13 +702,13 @@ function consumeBody(inner, prefix) {
 
 /**
  * Installs the Body interface mixin on a class whose instances keep their
- * body (InnerBody | null) under `bodySymbol` and their Headers under
- * `headersSymbol`.
+ * body (InnerBody | null) under `bodySymbol`; `headersOf(instance)` gives
+ * their Headers.
  * @param {Function} klass
  * @param {symbol} bodySymbol
- * @param {symbol} headersSymbol
+ * @param {(instance: object) => Headers} headersOf
  */
-function mixinBody(klass, bodySymbol, headersSymbol) {
+function mixinBody(klass, bodySymbol, headersOf) {
   const prototype = klass.prototype;
   const name = klass.name;
 
@@ -745,7 +745,7 @@ function mixinBody(klass, bodySymbol, headersSymbol) {
         ) {
           // A Blob source: a typed slice shares its data, no read needed.
           takeStaticSource(inner);
-          const type = mimeTypeString(this[headersSymbol]);
+          const type = mimeTypeString(headersOf(this));
           return FunctionPrototypeCall(
             BlobPrototypeSlice,
             source,
@@ -756,7 +756,7 @@ function mixinBody(klass, bodySymbol, headersSymbol) {
         }
       }
       const box = await consumeBody(inner, prefix);
-      const type = mimeTypeString(this[headersSymbol]);
+      const type = mimeTypeString(headersOf(this));
       return new Blob([boxValueToBytes(box.v)], { type });
     },
 
@@ -772,7 +772,7 @@ function mixinBody(klass, bodySymbol, headersSymbol) {
       const prefix = `Failed to execute 'formData' on '${name}'`;
       const inner = this[bodySymbol];
       const box = await consumeBody(inner, prefix);
-      const mimeType = extractMimeTypeFromHeaders(this[headersSymbol]);
+      const mimeType = extractMimeTypeFromHeaders(headersOf(this));
       if (mimeType !== null) {
         const essence = mimesniff.essence(mimeType);
         if (essence === "multipart/form-data") {

@@ -15,6 +15,7 @@ import {
   guardFromHeaders,
   hasHeader,
   headerListFromHeaders,
+  headerListFromPacked,
   headersFromList,
   replaceHeadersFrom,
   setHeadersGuard,
@@ -171,6 +172,21 @@ function parseURL(input, prefix, what) {
  */
 function urlHref(url) {
   return FunctionPrototypeCall(URLPrototypeGetHref, url);
+}
+
+/**
+ * A request's Headers. A request from the engine holds its header list
+ * packed in one string (headerListFromPacked) until they are first read.
+ * @param {Request} request
+ * @returns {Headers}
+ */
+function requestHeaders(request) {
+  let headers = request[_headers];
+  if (typeof headers === "string") {
+    headers = headersFromList(headerListFromPacked(headers), "immutable");
+    request[_headers] = headers;
+  }
+  return headers;
 }
 
 function setRequestFields(request, method, url, headers, body, options, signal) {
@@ -331,7 +347,7 @@ class Request {
     const headers = headersFromList(
       inputRequest === null
         ? []
-        : ArrayPrototypeSlice(headerListFromHeaders(inputRequest[_headers])),
+        : ArrayPrototypeSlice(headerListFromHeaders(requestHeaders(inputRequest))),
       "request",
     );
     if (options.mode === "no-cors") {
@@ -420,7 +436,7 @@ class Request {
   /** @returns {Headers} */
   get headers() {
     webidl.assertBranded(this, RequestPrototype);
-    return this[_headers];
+    return requestHeaders(this);
   }
 
   /** @returns {string} */
@@ -514,7 +530,7 @@ class Request {
         `${prefix}: Body is unusable: it has already been read or is locked`,
       );
     }
-    const headers = this[_headers];
+    const headers = requestHeaders(this);
     const cloned = new Request(kInternal);
     setRequestFields(
       cloned,
@@ -546,7 +562,7 @@ class Request {
   }
 }
 
-mixinBody(Request, _body, _headers);
+mixinBody(Request, _body, requestHeaders);
 webidl.configureInterface(Request);
 const RequestPrototype = Request.prototype;
 
@@ -651,14 +667,15 @@ webidl.converters["RequestInit"] = webidl.createDictionaryConverter(
  * @param {ReadableStream | null} bodyStream
  * @returns {Request}
  */
-function newServerRequest(method, url, flatHeaders, bodyStream, id) {
+function newServerRequest(method, url, packedHeaders, bodyStream, id) {
   const request = new Request(kInternal);
   request[_serverRequestId] = id;
   setRequestFields(
     request,
     method,
     url,
-    headersFromList(flatHeaders, "immutable"),
+    // Kept packed until something reads them (requestHeaders).
+    packedHeaders,
     bodyStream === null || bodyStream === undefined
       ? null
       : new InnerBody(bodyStream, null, null),
@@ -701,7 +718,7 @@ function requestForFetch(request) {
     __proto__: null,
     method: request[_method],
     url: request[_url],
-    headers: request[_headers],
+    headers: requestHeaders(request),
     body: request[_body] ?? null,
     redirect: request[_options].redirect,
     integrity: request[_options].integrity,

@@ -299,7 +299,7 @@ class Response {
   }
 }
 
-mixinBody(Response, _body, _headers);
+mixinBody(Response, _body, (response) => response[_headers]);
 webidl.configureInterface(Response);
 const ResponsePrototype = Response.prototype;
 

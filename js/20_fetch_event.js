@@ -251,7 +251,7 @@ function warmUpRequestPath() {
   const request = newServerRequest(
     "GET",
     "http://warm.up/path?query=1",
-    ["host", "warm.up", "accept", "*/*"],
+    "host:warm.up\naccept:*/*",
     null,
     undefined,
   );
@@ -277,7 +277,7 @@ function warmUpRequestPath() {
   // The whole way in and out for a module-syntax handler, the op included:
   // request 0 is nobody's, its response goes nowhere.
   try {
-    dispatchFetch(0, "GET", "http://warm.up/", ["host", "warm.up"], undefined);
+    dispatchFetch(0, "GET", "http://warm.up/", "host:warm.up", undefined);
   } finally {
     moduleHandler = null;
     env = {};

@@ -178,37 +178,13 @@ const COMMON_METHODS: [http::Method; 7] = [
   http::Method::OPTIONS,
 ];
 
-const COMMON_HEADER_COUNT: usize = 16;
-
-/// The request header names most clients send, whose strings a worker also
-/// makes once.
-const COMMON_HEADERS: [http::HeaderName; COMMON_HEADER_COUNT] = [
-  http::header::HOST,
-  http::header::USER_AGENT,
-  http::header::ACCEPT,
-  http::header::ACCEPT_ENCODING,
-  http::header::ACCEPT_LANGUAGE,
-  http::header::CONNECTION,
-  http::header::CONTENT_TYPE,
-  http::header::CONTENT_LENGTH,
-  http::header::COOKIE,
-  http::header::AUTHORIZATION,
-  http::header::ORIGIN,
-  http::header::REFERER,
-  http::header::CACHE_CONTROL,
-  http::header::IF_NONE_MATCH,
-  http::header::UPGRADE_INSECURE_REQUESTS,
-  http::header::PRAGMA,
-];
-
 /// What every request needs from the isolate, kept rather than made anew:
 /// the script's dispatch function, its context, and the strings of the
-/// common methods and header names.
+/// common methods.
 struct RequestHandles {
   dispatch: v8::Global<v8::Function>,
   context: v8::Global<v8::Context>,
   methods: [v8::Global<v8::String>; COMMON_METHODS.len()],
-  header_names: [v8::Global<v8::String>; COMMON_HEADER_COUNT],
 }
 
 /// The string made for `key`, if it is one of `keys`.
@@ -231,12 +207,10 @@ impl RequestHandles {
       v8::Global::new(scope, name)
     };
     let methods = COMMON_METHODS.map(|method| internalized(method.as_str()));
-    let header_names = COMMON_HEADERS.map(|name| internalized(name.as_str()));
     Self {
       dispatch,
       context,
       methods,
-      header_names,
     }
   }
 }
@@ -386,21 +360,22 @@ impl Worker {
     let url = v8::String::new_from_one_byte(scope, url.as_bytes(), v8::NewStringType::Normal)
       .unwrap()
       .into();
-    // On the stack for the usual handful of headers.
-    let mut header_values: SmallVec<[v8::Local<v8::Value>; 32]> = SmallVec::new();
+    // The header list as one string of `name:value` lines joined by "\n"
+    // (names are tokens and values hold no CR, LF or NUL, so both separators
+    // are unambiguous): one string instead of two per header, and
+    // JavaScript splits it only if the handler reads the headers.
+    let mut packed: SmallVec<[u8; 1024]> = SmallVec::new();
     for (name, value) in headers.iter() {
-      let name = match cached_string(&COMMON_HEADERS, &handles.header_names, name) {
-        Some(common) => v8::Local::new(scope, common),
-        None => {
-          v8::String::new_from_one_byte(scope, name.as_str().as_bytes(), v8::NewStringType::Normal)
-            .unwrap()
-        }
-      };
-      let value = v8::String::new_from_one_byte(scope, value.as_bytes(), v8::NewStringType::Normal);
-      header_values.push(name.into());
-      header_values.push(value.unwrap().into());
+      if !packed.is_empty() {
+        packed.push(b'\n');
+      }
+      packed.extend_from_slice(name.as_str().as_bytes());
+      packed.push(b':');
+      packed.extend_from_slice(value.as_bytes());
     }
-    let headers = v8::Array::new_with_elements(scope, &header_values).into();
+    let headers = v8::String::new_from_one_byte(scope, &packed, v8::NewStringType::Normal)
+      .unwrap()
+      .into();
     let body = match body_rid {
       Some(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
       None => v8::undefined(scope).into(),

@@ -1719,6 +1719,65 @@ async fn set_cookie_and_multi_value_headers() {
   .await;
 }
 
+/// The engine hands a request's headers to JavaScript packed in one string (split on first
+/// read): values with ':' in them, empty values, tabs and non-ASCII bytes, and repeated names
+/// all come through as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_header_list_reaches_the_handler_exactly() {
+  within(60, async {
+    let srv = serve_script(&fixture("web-apis.js"));
+    let r = client()
+      .get(srv.url("/header-list"))
+      .header("x-colon", "a:b: c")
+      .header("x-empty", "")
+      .header("x-tab", "a\tb")
+      .header(
+        "x-latin1",
+        reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+      )
+      .header("x-multi", "one")
+      .header("x-multi", "two")
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let entries: Vec<(String, String)> = v["entries"]
+      .as_array()
+      .unwrap()
+      .iter()
+      .map(|e| (e[0].as_str().unwrap().into(), e[1].as_str().unwrap().into()))
+      .collect();
+    let get = |name: &str| {
+      entries
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(get("x-colon"), Some("a:b: c"), "{entries:?}");
+    assert_eq!(get("x-empty"), Some(""), "{entries:?}");
+    assert_eq!(get("x-tab"), Some("a\tb"), "{entries:?}");
+    assert_eq!(get("x-latin1"), Some("caf\u{e9}"), "{entries:?}");
+    assert_eq!(get("x-multi"), Some("one, two"), "{entries:?}");
+    assert_eq!(
+      get("host"),
+      Some(format!("127.0.0.1:{}", srv.port).as_str())
+    );
+    let mut names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+    let sorted = {
+      let mut s = names.clone();
+      s.sort_unstable();
+      s
+    };
+    assert_eq!(names, sorted, "Headers iterate in sorted order");
+    names.dedup();
+    assert_eq!(names.len(), entries.len());
+    assert_eq!(v["same"], true);
+    assert_eq!(v["cloned"].as_u64(), Some(entries.len() as u64));
+  })
+  .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_properties_seen_by_the_handler() {
   within(60, async {
