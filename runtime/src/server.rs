@@ -374,9 +374,10 @@ async fn handle(
   ctx: Rc<ThreadContext>,
 ) -> Result<Response<ResponseBody>, Infallible> {
   let (parts, body) = request.into_parts();
-  let declared_length = parts
-    .headers
-    .get(header::CONTENT_LENGTH)
+  // A request without a body (hyper knows) declares no length to check.
+  let declared_length = (!body.is_end_stream())
+    .then(|| parts.headers.get(header::CONTENT_LENGTH))
+    .flatten()
     .and_then(|v| v.to_str().ok())
     .and_then(|v| v.parse::<u64>().ok());
   if declared_length.is_some_and(|n| n > ctx.shared.limits.max_body_bytes) {
