@@ -54,6 +54,8 @@ impl IsolateRuntime {
     options: RuntimeOptions,
     setup: impl FnOnce(&mut JsRuntime) -> anyhow::Result<T>,
   ) -> anyhow::Result<(Self, T)> {
+    // Created (and so entered) with no other isolate entered under it.
+    exit_left_entered();
     let mut runtime = JsRuntime::try_new(options)?;
     let result = setup(&mut runtime);
     // SAFETY: creation entered this isolate; it is the current one.
@@ -64,9 +66,8 @@ impl IsolateRuntime {
     Ok((this, result?))
   }
 
-  fn isolate(&mut self) -> *const v8::Isolate {
-    let isolate: &v8::Isolate = self.runtime.v8_isolate();
-    isolate as *const v8::Isolate
+  fn isolate(&mut self) -> RawIsolate {
+    RawIsolate::of(self.runtime.v8_isolate())
   }
 
   /// Runs `f` with the isolate entered.
@@ -78,36 +79,128 @@ impl IsolateRuntime {
 
 impl Drop for IsolateRuntime {
   fn drop(&mut self) {
-    // SAFETY: the isolate is alive; entering it makes it the current one, as
-    // its drop requires (which exits it again).
+    let isolate = self.isolate();
+    // SAFETY: the isolate is alive. Its drop requires it to be the current
+    // isolate, and exits it once: the entry it was left with (see
+    // `Entered`), or a new one on top of whichever isolate is left entered,
+    // which becomes the current one again afterwards.
     unsafe {
-      (*self.isolate()).enter();
+      if LEFT_ENTERED.get() == isolate {
+        LEFT_ENTERED.set(RawIsolate::NONE);
+      } else {
+        isolate.enter();
+      }
       std::mem::ManuallyDrop::drop(&mut self.runtime);
     }
   }
 }
 
-/// Enters an isolate for the guard's lifetime.
-struct Entered(*const v8::Isolate);
+thread_local! {
+  /// The isolate the last `Entered` guard of this thread left entered
+  /// (null if none): most requests go to the same isolate as the one
+  /// before, and V8's `Isolate::Enter` of an isolate that is not current
+  /// costs a per-thread-data lookup under a lock; re-entering the current
+  /// one is a counter.
+  static LEFT_ENTERED: Cell<RawIsolate> = const { Cell::new(RawIsolate::NONE) };
+  /// `Entered` guards alive on this thread.
+  static ENTERED_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Exits the isolate a guard left entered, if any.
+fn exit_left_entered() {
+  let left = LEFT_ENTERED.replace(RawIsolate::NONE);
+  if left != RawIsolate::NONE {
+    // SAFETY: alive (dropping it clears `LEFT_ENTERED`) and, with no guard
+    // alive, the current isolate.
+    unsafe { left.exit() };
+  }
+}
+
+/// An isolate by its V8 address, which stays put while the `JsRuntime`
+/// that owns it moves (the address of rusty_v8's `Isolate` wrapper does
+/// not).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct RawIsolate(*mut std::ffi::c_void);
+
+impl RawIsolate {
+  const NONE: RawIsolate = RawIsolate(std::ptr::null_mut());
+
+  fn of(isolate: &v8::Isolate) -> Self {
+    // SAFETY: only the pointer is read; `UnsafeRawIsolatePtr` is a
+    // transparent wrapper of it.
+    Self(unsafe {
+      std::mem::transmute::<v8::UnsafeRawIsolatePtr, *mut std::ffi::c_void>(
+        isolate.as_raw_isolate_ptr(),
+      )
+    })
+  }
+
+  /// # Safety
+  /// The isolate is alive, and this thread may enter it.
+  unsafe fn enter(self) {
+    unsafe { self.with(|isolate| isolate.enter()) }
+  }
+
+  /// # Safety
+  /// The isolate is alive and the thread's current one.
+  unsafe fn exit(self) {
+    unsafe { self.with(|isolate| isolate.exit()) }
+  }
+
+  unsafe fn with(self, f: impl FnOnce(&v8::Isolate)) {
+    // SAFETY (caller): alive. The wrapper made here owns nothing.
+    let isolate = unsafe {
+      v8::Isolate::from_raw_isolate_ptr(std::mem::transmute::<
+        *mut std::ffi::c_void,
+        v8::UnsafeRawIsolatePtr,
+      >(self.0))
+    };
+    f(&isolate);
+  }
+}
+
+/// Makes an isolate the thread's current one for the guard's lifetime.
+/// When the outermost guard ends, the isolate stays entered (in
+/// `LEFT_ENTERED`) until another isolate is needed or it is dropped, so
+/// that consecutive uses of one isolate do not exit and re-enter it.
+/// Isolates are entered strictly last-in first-out: one left entered is
+/// exited before another is entered (with no guard alive, nothing is
+/// entered above it).
+struct Entered(RawIsolate);
 
 impl Entered {
-  fn new(isolate: *const v8::Isolate) -> Self {
-    // SAFETY: callers pass the isolate of a live runtime on this thread.
-    unsafe { (*isolate).enter() };
+  fn new(isolate: RawIsolate) -> Self {
+    let left = LEFT_ENTERED.get();
+    // SAFETY (enter): callers pass the isolate of a live runtime on this
+    // thread.
+    if left == isolate {
+      // The guard takes over the entry it was left with.
+      LEFT_ENTERED.set(RawIsolate::NONE);
+    } else {
+      exit_left_entered();
+      unsafe { isolate.enter() };
+    }
+    ENTERED_DEPTH.set(ENTERED_DEPTH.get() + 1);
     Self(isolate)
   }
 }
 
 impl Drop for Entered {
   fn drop(&mut self) {
-    // SAFETY: entered in `new`, on this thread, and still alive.
-    unsafe { (*self.0).exit() };
+    let depth = ENTERED_DEPTH.get() - 1;
+    ENTERED_DEPTH.set(depth);
+    if depth == 0 && LEFT_ENTERED.get() == RawIsolate::NONE {
+      LEFT_ENTERED.set(self.0);
+    } else {
+      // SAFETY: entered in `new`, on this thread, and still alive.
+      unsafe { self.0.exit() };
+    }
   }
 }
 
 /// Polls `inner` with `isolate` entered.
 struct InIsolate<F> {
-  isolate: *const v8::Isolate,
+  isolate: RawIsolate,
   inner: Pin<Box<F>>,
 }
 
