@@ -1,8 +1,8 @@
 //! A worker: one user script loaded into one isolate created from the
 //! startup snapshot, and the loop that feeds it requests while driving its
 //! event loop. Many requests run concurrently inside one worker, and many
-//! workers live on one thread: an isolate is entered only while its worker
-//! runs (see [`IsolateRuntime`]).
+//! workers live on one thread: an isolate is entered while its worker runs
+//! and left entered until another one is needed (see [`IsolateRuntime`]).
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
@@ -40,9 +40,10 @@ pub struct IncomingRequest {
 /// Why a response could not come: nothing left in the isolate can produce it.
 pub const NEVER_RESPONDS: &str = "The script will never generate a response: its fetch handler's promise did not settle and nothing it waits on is pending.";
 
-/// A `JsRuntime` whose isolate is entered only while it is used, so that
-/// many can live on one thread and be dropped in any order (rusty_v8 enters
-/// an isolate on creation and asserts on drop that it is the current one).
+/// A `JsRuntime` whose isolate is entered while it is used (and left entered
+/// until another isolate is needed: see `Entered`), so that many can live
+/// on one thread and be dropped in any order (rusty_v8 enters an isolate on
+/// creation and asserts on drop that it is the current one).
 pub struct IsolateRuntime {
   runtime: std::mem::ManuallyDrop<JsRuntime>,
 }
