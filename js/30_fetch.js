@@ -564,6 +564,9 @@ function tooManySubrequests(context) {
 }
 
 /**
+ * An operation of the global scope (WorkerGlobalScope.prototype.fetch):
+ * called on anything else it rejects, as WebIDL's promise operations do
+ * (undefined and null stand for the global scope).
  * @param {RequestInfo} input
  * @param {RequestInit} [init]
  * @returns {Promise<Response>}
@@ -571,6 +574,9 @@ function tooManySubrequests(context) {
 function fetch(input, init = undefined) {
   let request;
   try {
+    if (this != null && this !== globalThis) {
+      throw new TypeError("Illegal invocation");
+    }
     webidl.requiredArguments(arguments.length, 1, "Failed to execute 'fetch'");
     request = new Request(input, init);
   } catch (error) {

@@ -25,7 +25,6 @@ const {
   ObjectDefineProperty,
   ObjectPrototypeIsPrototypeOf,
   ObjectSetPrototypeOf,
-  PromiseReject,
   Symbol,
   SymbolToStringTag,
   TypeError,
@@ -87,24 +86,7 @@ for (const name of ["performance", "crypto"]) {
 // that assigns `globalThis.fetch` shadows it, as in a browser's worker.
 ObjectDefineProperty(WorkerGlobalScope.prototype, "fetch", {
   __proto__: null,
-  value: {
-    // A method: named "fetch", length 1, not a constructor. Called on
-    // anything but the global scope it rejects, as WebIDL's promise
-    // operations do.
-    fetch(input, init = undefined) {
-      try {
-        assertGlobal(this);
-        webidl.requiredArguments(
-          arguments.length,
-          1,
-          "Failed to execute 'fetch'",
-        );
-      } catch (error) {
-        return PromiseReject(error);
-      }
-      return fetch(input, init);
-    },
-  }.fetch,
+  value: fetch,
   writable: true,
   enumerable: true,
   configurable: true,

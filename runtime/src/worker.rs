@@ -281,15 +281,6 @@ struct RequestHandles {
   methods: [v8::Global<v8::String>; COMMON_METHODS.len()],
 }
 
-/// The string made for `key`, if it is one of `keys`.
-fn cached_string<'a, K: PartialEq>(
-  keys: &[K],
-  strings: &'a [v8::Global<v8::String>],
-  key: &K,
-) -> Option<&'a v8::Global<v8::String>> {
-  keys.iter().position(|k| k == key).map(|i| &strings[i])
-}
-
 impl RequestHandles {
   fn new(runtime: &mut JsRuntime, dispatch: v8::Global<v8::Function>) -> Self {
     let context = runtime.main_context();
@@ -444,8 +435,8 @@ impl Worker {
     let scope = &mut v8::ContextScope::new(scope, context);
     let dispatch = v8::Local::new(scope, &handles.dispatch);
     let id_value = v8::Integer::new_from_unsigned(scope, id).into();
-    let method = match cached_string(&COMMON_METHODS, &handles.methods, &method) {
-      Some(common) => v8::Local::new(scope, common),
+    let method = match COMMON_METHODS.iter().position(|common| *common == method) {
+      Some(i) => v8::Local::new(scope, &handles.methods[i]),
       None => v8::String::new(scope, method.as_str()).unwrap(),
     }
     .into();

@@ -21,9 +21,13 @@ fn wpt_dir() -> PathBuf {
 }
 
 fn wpt(args: &[&str]) -> Output {
+  run_wpt(&[&["--no-server"], args].concat())
+}
+
+/// `runtime wpt ARGS`, with the runner's wptserve unless ARGS say otherwise.
+fn run_wpt(args: &[&str]) -> Output {
   let output = Command::new(BIN)
     .arg("wpt")
-    .arg("--no-server")
     .args(args)
     .output()
     .expect("runs the binary");
@@ -315,21 +319,16 @@ fn https_tests_fetch_from_wptserve_over_tls() {
   write("x/plain.any.js", fetch_test);
 
   let summary = dir.join("summary.json");
-  let output = Command::new(BIN)
-    .arg("wpt")
-    .args([
-      "--wpt-dir",
-      dir.to_str().unwrap(),
-      "--expectations",
-      dir.join("none.json").to_str().unwrap(),
-      "--json",
-      summary.to_str().unwrap(),
-      "x/",
-    ])
-    .output()
-    .expect("runs the binary");
+  let output = run_wpt(&[
+    "--wpt-dir",
+    dir.to_str().unwrap(),
+    "--expectations",
+    dir.join("none.json").to_str().unwrap(),
+    "--json",
+    summary.to_str().unwrap(),
+    "x/",
+  ]);
   let text = stdout(&output);
-  eprintln!("{text}\n{}", String::from_utf8_lossy(&output.stderr));
   assert!(output.status.success(), "{text}");
   let summary = read_json(&summary);
   for id in ["x/secure.https.any.js", "x/plain.any.js"] {
