@@ -170,18 +170,11 @@ function respond(id, value) {
       ? backing.rid
       : resourceForReadableStream(body);
     op_respond_stream(id, status, headers, rid);
+  } else if (headers.length === 2 && headers[0] === "content-type") {
+    // Most responses: their Content-Type is all the header list holds.
+    op_respond(id, status, body, headers[1], undefined);
   } else {
-    // The first header pair as arguments: most responses have only that.
-    // (Read only if present: an empty list must not reach Array.prototype.)
-    const one = headers.length >= 2;
-    op_respond(
-      id,
-      status,
-      body,
-      one ? headers[0] : undefined,
-      one ? headers[1] : undefined,
-      headers,
-    );
+    op_respond(id, status, body, undefined, headers);
   }
 }
 

@@ -147,30 +147,18 @@ pub async fn op_request_disconnected(state: Rc<RefCell<OpState>>, #[smi] id: u32
 }
 
 /// A Response's head from its status and its header list `[name0, value0,
-/// name1, value1, ...]`; the list's first pair may come as `first` (then
-/// the list is read from its third element), which spares the common
-/// one-header response reading an array element by element.
+/// name1, value1, ...]`.
 fn build_response<'s>(
   scope: &mut v8::PinScope<'s, '_>,
   status: u32,
-  first: Option<(v8::Local<'s, v8::Value>, v8::Local<'s, v8::Value>)>,
   headers: v8::Local<'s, v8::Array>,
   body: ResponseBody,
 ) -> Result<HttpResponse, JsErrorBox> {
-  let status = u16::try_from(status)
-    .ok()
-    .and_then(|s| StatusCode::from_u16(s).ok())
-    .ok_or_else(|| JsErrorBox::range_error(format!("invalid status {status}")))?;
-  let mut response = http::Response::new(body);
-  *response.status_mut() = status;
+  let mut response = response_head(status, body)?;
   let map = response.headers_mut();
   let len = headers.length();
   map.reserve(len as usize / 2);
   let mut i = 0;
-  if let Some((name, value)) = first {
-    append_header(scope, map, name, value)?;
-    i = 2;
-  }
   while i + 1 < len {
     let name = headers.get_index(scope, i).unwrap();
     let value = headers.get_index(scope, i + 1).unwrap();
@@ -180,28 +168,70 @@ fn build_response<'s>(
   Ok(response)
 }
 
+/// A Response with `status` and `body`, and no headers yet.
+fn response_head(status: u32, body: ResponseBody) -> Result<HttpResponse, JsErrorBox> {
+  let status = u16::try_from(status)
+    .ok()
+    .and_then(|s| StatusCode::from_u16(s).ok())
+    .ok_or_else(|| JsErrorBox::range_error(format!("invalid status {status}")))?;
+  let mut response = http::Response::new(body);
+  *response.status_mut() = status;
+  Ok(response)
+}
+
 fn append_header(
   scope: &mut v8::PinScope<'_, '_>,
   map: &mut http::HeaderMap,
   name: v8::Local<'_, v8::Value>,
   value: v8::Local<'_, v8::Value>,
 ) -> Result<(), JsErrorBox> {
-  {
-    let name = with_byte_string(scope, name, |bytes| {
-      HeaderName::from_bytes(bytes).map_err(|_| {
-        JsErrorBox::type_error(format!(
-          "invalid header name {:?}",
-          String::from_utf8_lossy(bytes)
-        ))
-      })
-    })??;
-    let value = with_byte_string(scope, value, |bytes| {
-      HeaderValue::from_bytes(bytes)
-        .map_err(|_| JsErrorBox::type_error(format!("invalid header value for {name}")))
-    })??;
-    map.append(name, value);
-  }
+  let name = with_byte_string(scope, name, |bytes| {
+    if let Some(common) = common_response_header(bytes) {
+      return Ok(common);
+    }
+    HeaderName::from_bytes(bytes).map_err(|_| {
+      JsErrorBox::type_error(format!(
+        "invalid header name {:?}",
+        String::from_utf8_lossy(bytes)
+      ))
+    })
+  })??;
+  let value = with_byte_string(scope, value, |bytes| {
+    HeaderValue::from_bytes(bytes)
+      .map_err(|_| JsErrorBox::type_error(format!("invalid header value for {name}")))
+  })??;
+  map.append(name, value);
   Ok(())
+}
+
+fn header_value(
+  scope: &mut v8::PinScope<'_, '_>,
+  value: v8::Local<'_, v8::Value>,
+) -> Result<HeaderValue, JsErrorBox> {
+  with_byte_string(scope, value, |bytes| {
+    HeaderValue::from_bytes(bytes)
+      .map_err(|_| JsErrorBox::type_error("invalid header value for content-type"))
+  })?
+}
+
+/// The header names responses carry most, found by a plain byte compare:
+/// `HeaderName::from_bytes` maps and checks every byte and then looks the
+/// name up among all standard headers, about 370 instructions for
+/// `content-type`, which nearly every response has. Names come lowercase
+/// from the JavaScript layer.
+fn common_response_header(bytes: &[u8]) -> Option<HeaderName> {
+  use http::header;
+  Some(match bytes {
+    b"content-type" => header::CONTENT_TYPE,
+    b"content-length" => header::CONTENT_LENGTH,
+    b"cache-control" => header::CACHE_CONTROL,
+    b"set-cookie" => header::SET_COOKIE,
+    b"location" => header::LOCATION,
+    b"etag" => header::ETAG,
+    b"vary" => header::VARY,
+    b"access-control-allow-origin" => header::ACCESS_CONTROL_ALLOW_ORIGIN,
+    _ => return None,
+  })
 }
 
 /// Runs `f` on the bytes of a header name or value without copying them out
@@ -241,20 +271,18 @@ fn send(state: &mut OpState, id: u32, outcome: HandlerOutcome) {
 }
 
 /// Answers request `id` with a body held whole: a string, bytes, or nothing.
-/// `headers` is the header list; its first pair also comes as `name0` and
-/// `value0` (undefined when there is none), which is all most responses
-/// have.
+/// Most responses have one header, their Content-Type: then it comes alone
+/// as `content_type` (and `headers` is undefined); otherwise `headers` is
+/// the header list and `content_type` is undefined.
 #[op2(fast)]
-#[allow(clippy::too_many_arguments)]
 pub fn op_respond<'s>(
   scope: &mut v8::PinScope<'s, '_>,
   state: &mut OpState,
   #[smi] id: u32,
   #[smi] status: u32,
   body: v8::Local<'s, v8::Value>,
-  name0: v8::Local<'s, v8::Value>,
-  value0: v8::Local<'s, v8::Value>,
-  headers: v8::Local<'s, v8::Array>,
+  content_type: v8::Local<'s, v8::Value>,
+  headers: v8::Local<'s, v8::Value>,
 ) -> Result<(), JsErrorBox> {
   let body = if body.is_null_or_undefined() {
     ResponseBody::empty()
@@ -267,10 +295,49 @@ pub fn op_respond<'s>(
   } else {
     return Err(JsErrorBox::type_error("unsupported response body"));
   };
-  let first = (!name0.is_undefined()).then_some((name0, value0));
-  let response = build_response(scope, status, first, headers, body)?;
+  let response = if let Ok(list) = v8::Local::<v8::Array>::try_from(headers) {
+    build_response(scope, status, list, body)?
+  } else {
+    let mut response = response_head(status, body)?;
+    if !content_type.is_undefined() {
+      let value = match state.try_borrow_mut::<LastContentType>() {
+        Some(last) => last.value(scope, content_type)?,
+        None => header_value(scope, content_type)?,
+      };
+      response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, value);
+    }
+    response
+  };
   send(state, id, HandlerOutcome::Response(response));
   Ok(())
+}
+
+/// The Content-Type value an isolate's last response had, by the identity
+/// of its JavaScript string: a handler's responses nearly always carry the
+/// same one (the very same string, a literal in its code or ours), so the
+/// value is neither read out of V8, checked, nor copied again.
+#[derive(Default)]
+pub struct LastContentType(Option<(v8::Global<v8::String>, HeaderValue)>);
+
+impl LastContentType {
+  fn value(
+    &mut self,
+    scope: &mut v8::PinScope<'_, '_>,
+    value: v8::Local<'_, v8::Value>,
+  ) -> Result<HeaderValue, JsErrorBox> {
+    let string = v8::Local::<v8::String>::try_from(value)
+      .map_err(|_| JsErrorBox::type_error("header names and values must be strings"))?;
+    if let Some((last, header)) = &self.0 {
+      if string == *last {
+        return Ok(header.clone());
+      }
+    }
+    let header = header_value(scope, value)?;
+    self.0 = Some((v8::Global::new(scope, string), header.clone()));
+    Ok(header)
+  }
 }
 
 /// Answers request `id` with a body read from resource `rid` (a
@@ -288,7 +355,7 @@ pub fn op_respond_stream<'s>(
     .resource_table
     .take_any(rid)
     .map_err(JsErrorBox::from_err)?;
-  let response = build_response(scope, status, None, headers, ResponseBody::stream(resource))?;
+  let response = build_response(scope, status, headers, ResponseBody::stream(resource))?;
   send(state, id, HandlerOutcome::Response(response));
   Ok(())
 }

@@ -17,7 +17,9 @@ use anyhow::{anyhow, Context as _};
 use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions};
 use http::HeaderMap;
 use runtime_ext::console::ScriptName;
-use runtime_ext::http::{HandlerOutcome, PendingResponses, RequestBody, RequestBodyResource};
+use runtime_ext::http::{
+  HandlerOutcome, LastContentType, PendingResponses, RequestBody, RequestBodyResource,
+};
 use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 
@@ -921,6 +923,7 @@ fn prepare(
     let mut state = state.borrow_mut();
     state.put(ScriptName(script_name.to_string()));
     state.put(PendingResponses::default());
+    state.put(LastContentType::default());
   }
   bootstrap(runtime)
 }

@@ -1722,6 +1722,47 @@ async fn set_cookie_and_multi_value_headers() {
 /// The engine hands a request's headers to JavaScript packed in one string (split on first
 /// read): values with ':' in them, empty values, tabs and non-ASCII bytes, and repeated names
 /// all come through as sent.
+/// A response's Content-Type is its own, whatever the isolate's earlier responses had: the
+/// same types again and again, types made anew per request, and none at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_response_has_its_own_content_type() {
+  within(60, async {
+    // One isolate: its responses follow one another.
+    let srv = serve_one_isolate(&fixture("web-apis.js"));
+    let c = client();
+    let cases = [
+      ("text", Some("text/plain;charset=UTF-8")),
+      ("json", Some("application/json")),
+      ("text", Some("text/plain;charset=UTF-8")),
+      ("text", Some("text/plain;charset=UTF-8")),
+      ("literal", Some("text/html")),
+      ("bytes", None),
+      ("literal", Some("text/html")),
+      ("x/one", Some("x/one")),
+      ("x/two", Some("x/two")),
+      ("x/two", Some("x/two")),
+      ("json", Some("application/json")),
+      ("bytes", None),
+    ];
+    for _ in 0..2 {
+      for (kind, expected) in cases {
+        let r = c
+          .get(srv.url(&format!("/content-type?kind={kind}")))
+          .send()
+          .await
+          .unwrap();
+        assert_eq!(r.status(), 200, "{kind}");
+        let got = r
+          .headers()
+          .get("content-type")
+          .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(got.as_deref(), expected, "kind {kind}");
+      }
+    }
+  })
+  .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_header_list_reaches_the_handler_exactly() {
   within(60, async {
