@@ -19,6 +19,11 @@
 //!   N of them alive (N = the first argument, default 1000).
 //!
 //! The last line of output is one JSON object with those keys.
+//!
+//! `BENCH_LAYERS=1` instead measures where creation time goes: isolates
+//! from snapshots made here of ever more of the runtime (deno_core alone;
+//! plus the ops of deno_webidl, deno_web and deno_crypto; plus their
+//! JavaScript; all of ours), with each snapshot's size and heap.
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -98,6 +103,89 @@ async fn request(pool: &IsolatePool, index: usize) {
   }
 }
 
+/// The snapshot layers `BENCH_LAYERS` compares: each a list of extensions
+/// (made anew for every isolate, as deno_core requires) and a name.
+fn layer_extensions(layer: usize) -> Vec<deno_core::Extension> {
+  let mut extensions = runtime_ext::extensions();
+  if layer == 3 {
+    return extensions;
+  }
+  // Our own extension goes; for layer 2 a stand-in loads what our
+  // 00_web.js loads of deno_web and deno_crypto, and nothing else.
+  let ours = extensions.pop().expect("the runtime extension");
+  if layer == 0 {
+    return Vec::new();
+  }
+  if layer == 2 {
+    let web = ours
+      .esm_files
+      .iter()
+      .find(|f| f.specifier == "ext:runtime/00_web.js")
+      .and_then(|f| f.load().ok())
+      .expect("00_web.js");
+    let mut entry = String::from("import { core } from \"ext:core/mod.js\";\n");
+    for piece in web.as_str().split("core.loadExtScript(").skip(1) {
+      let specifier = piece.split('"').nth(1).expect("a quoted specifier");
+      entry.push_str(&format!("core.loadExtScript({specifier:?});\n"));
+    }
+    let files: &'static [deno_core::ExtensionFileSource] =
+      Box::leak(Box::new([deno_core::ExtensionFileSource::new_computed(
+        "ext:layer/main.js",
+        entry.into(),
+      )]));
+    extensions.push(deno_core::Extension {
+      name: "layer",
+      deps: &["deno_webidl", "deno_web", "deno_crypto"],
+      esm_files: std::borrow::Cow::Borrowed(files),
+      esm_entry_point: Some("ext:layer/main.js"),
+      ..Default::default()
+    });
+  }
+  extensions
+}
+
+fn creation_by_layer() {
+  const LAYERS: [&str; 4] = [
+    "deno_core alone",
+    "+ ops of deno_webidl, deno_web, deno_crypto",
+    "+ their JavaScript (what js/00_web.js loads)",
+    "+ ours (the runtime's snapshot)",
+  ];
+  for (layer, name) in LAYERS.iter().enumerate() {
+    let snapshot = deno_core::JsRuntimeForSnapshot::new(deno_core::RuntimeOptions {
+      extensions: layer_extensions(layer),
+      ..Default::default()
+    })
+    .snapshot();
+    let snapshot: &'static [u8] = Box::leak(snapshot);
+    let new_runtime = || {
+      deno_core::JsRuntime::new(deno_core::RuntimeOptions {
+        startup_snapshot: Some(snapshot),
+        skip_op_registration: true,
+        extensions: layer_extensions(layer),
+        ..Default::default()
+      })
+    };
+    // Measured as bench/isolates measures: another isolate alive meanwhile.
+    let mut first = new_runtime();
+    let heap_kib = first.v8_isolate().get_heap_statistics().used_heap_size() / 1024;
+    let mut times = Vec::new();
+    for _ in 0..300 {
+      let start = Instant::now();
+      let runtime = new_runtime();
+      times.push(start.elapsed().as_micros());
+      drop(runtime);
+    }
+    times.sort_unstable();
+    drop(first);
+    println!(
+      "{name}: snapshot {} KiB, heap {heap_kib} KiB, creation p50 {} us",
+      snapshot.len() / 1024,
+      percentile(&times, 0.5)
+    );
+  }
+}
+
 fn main() {
   // As the server does (src/main.rs).
   runtime::worker::tune_allocator();
@@ -114,34 +202,9 @@ fn main() {
     .build()
     .unwrap();
   let local = tokio::task::LocalSet::new();
-  if std::env::var_os("BENCH_FLOOR").is_some() {
-    // Experiment: the floor, an isolate from a snapshot of deno_core alone.
+  if std::env::var_os("BENCH_LAYERS").is_some() {
     let _guard = rt.enter();
-    let snapshot = deno_core::JsRuntimeForSnapshot::new(Default::default()).snapshot();
-    let snapshot: &'static [u8] = Box::leak(snapshot);
-    let new_runtime = || {
-      deno_core::JsRuntime::new(deno_core::RuntimeOptions {
-        startup_snapshot: Some(snapshot),
-        skip_op_registration: true,
-        ..Default::default()
-      })
-    };
-    // Measured as the isolates below are: another one alive meanwhile.
-    let first = std::env::var_os("BENCH_ALONE").is_none().then(new_runtime);
-    let mut times = Vec::new();
-    for _ in 0..200 {
-      let start = Instant::now();
-      let r = new_runtime();
-      times.push(start.elapsed().as_micros());
-      drop(r);
-    }
-    times.sort_unstable();
-    drop(first);
-    println!(
-      "deno_core-only snapshot ({} bytes): p50 {} us",
-      snapshot.len(),
-      percentile(&times, 0.5)
-    );
+    creation_by_layer();
     return;
   }
   local.block_on(&rt, async move {
