@@ -83,6 +83,7 @@ fn validate_workers(workers: &[WorkerConfig]) -> anyhow::Result<()> {
 /// Serves the configured workers until SIGINT or SIGTERM, then finishes the
 /// requests in flight and returns.
 pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
+  crate::worker::anchor_read_only_heap()?;
   validate_workers(&options.config.workers)?;
   let first = bind_reuseport(options.addr)?;
   let local = first.local_addr()?;

@@ -2,11 +2,11 @@
 //!
 //! - `isolate_p50_us`, `isolate_p99_us`: creating an isolate from the
 //!   startup snapshot with the global scope ready for a script, while
-//!   another isolate is alive, as in a server (a thread keeps a spare
-//!   isolate, and its warm workers): V8 then shares the read-only heap it
-//!   deserialized for the first one, which it frees with the last isolate
-//!   of the process. `BENCH_ALONE=1` measures with no other isolate alive
-//!   (each creation deserializes the read-only heap again, ~0.4 ms).
+//!   another isolate is alive, as in a server (which keeps one for good,
+//!   `anchor_read_only_heap`): V8 then shares the read-only heap it
+//!   deserialized for the first one, which it would free with the last
+//!   isolate of the process. `BENCH_ALONE=1` measures with no other isolate
+//!   alive (each creation deserializes the read-only heap again, ~0.4 ms).
 //!   `isolate_cpu_p50_us`: the same creations in this thread's CPU time,
 //!   which other work on shared cores does not inflate as it does wall time.
 //! - `context_p50_us`: what `isolation = "request"` pays per request before
@@ -209,15 +209,13 @@ fn main() {
   }
   local.block_on(&rt, async move {
     // The first isolate pays for V8's platform start-up; it is not counted.
-    // It stays alive while the others are created and dropped, as the
-    // thread's spare isolate would in a server.
-    let first = new_isolate(Rc::new(ScriptLoader::new("/".into())), "first").unwrap();
-    let first = if std::env::var_os("BENCH_ALONE").is_some() {
-      drop(first);
-      None
+    // As in the server (`runtime serve`), it stays alive for good, so the
+    // read-only heap is deserialized once; BENCH_ALONE drops it at once.
+    if std::env::var_os("BENCH_ALONE").is_some() {
+      drop(new_isolate(Rc::new(ScriptLoader::new("/".into())), "first").unwrap());
     } else {
-      Some(first)
-    };
+      runtime::worker::anchor_read_only_heap().unwrap();
+    }
 
     let mut created = Vec::with_capacity(count);
     let mut created_cpu = Vec::with_capacity(count);
@@ -231,9 +229,6 @@ fn main() {
     }
     created.sort_unstable();
     created_cpu.sort_unstable();
-    // Isolates are dropped in the reverse order of their creation (each
-    // creation entered its isolate).
-    drop(first);
 
     let script = hello_script();
     let ctx = WorkerContext::for_current_thread();
