@@ -492,10 +492,13 @@ fn request_host(parts: &http::request::Parts, local: SocketAddr) -> std::borrow:
   if let Some(authority) = parts.uri.authority() {
     return authority.as_str().into();
   }
+  // Found by walking the few headers a request has (most clients send Host
+  // first) rather than by `get`, which hashes the name.
   match parts
     .headers
-    .get(header::HOST)
-    .and_then(|h| h.to_str().ok())
+    .iter()
+    .find(|(name, _)| *name == header::HOST)
+    .and_then(|(_, h)| h.to_str().ok())
   {
     Some(host) => host.into(),
     None => local.to_string().into(),
