@@ -39,12 +39,20 @@ pub enum HandlerOutcome {
   Unavailable(String),
 }
 
-/// Response slots of the requests in flight in one isolate.
+/// Response slots of the requests in flight in one isolate, and the
+/// Content-Type its last response had.
 #[derive(Default)]
 pub struct PendingResponses {
   next_id: u32,
   slots: HashMap<u32, PendingResponse, BuildHasherDefault<IdHasher>>,
+  last_content_type: LastContentType,
 }
+
+/// An isolate's [`PendingResponses`], held by the engine as well as by the
+/// isolate's `OpState`: the engine reaches it without `OpState`'s lookup by
+/// type (a walk down a B-tree of every extension's state), and the ops with
+/// one lookup per response.
+pub type SharedResponses = Rc<RefCell<PendingResponses>>;
 
 struct PendingResponse {
   respond: oneshot::Sender<HandlerOutcome>,
@@ -99,6 +107,12 @@ impl PendingResponses {
     self.slots.is_empty()
   }
 
+  /// Forgets the last Content-Type (its JavaScript string): call with the
+  /// isolate entered, before it goes.
+  pub fn forget_content_type(&mut self) {
+    self.last_content_type.0 = None;
+  }
+
   /// Whether request `id` still waits for its response.
   pub fn is_waiting(&self, id: u32) -> bool {
     self.slots.contains_key(&id)
@@ -137,13 +151,10 @@ impl PendingResponses {
 /// request is already answered). Backs `request.signal` of incoming requests.
 #[op2]
 pub async fn op_request_disconnected(state: Rc<RefCell<OpState>>, #[smi] id: u32) -> bool {
-  std::future::poll_fn(|cx| {
-    state
-      .borrow_mut()
-      .borrow_mut::<PendingResponses>()
-      .poll_disconnected(id, cx)
-  })
-  .await
+  let Some(responses) = state.borrow().try_borrow::<SharedResponses>().cloned() else {
+    return false;
+  };
+  std::future::poll_fn(|cx| responses.borrow_mut().poll_disconnected(id, cx)).await
 }
 
 /// A Response's head from its status and its header list `[name0, value0,
@@ -258,13 +269,18 @@ fn with_byte_string<R>(
   }
 }
 
-fn send(state: &mut OpState, id: u32, outcome: HandlerOutcome) {
+fn send(state: &OpState, id: u32, outcome: HandlerOutcome) {
+  answer(state.try_borrow::<SharedResponses>(), id, outcome);
+}
+
+fn answer(responses: Option<&SharedResponses>, id: u32, outcome: HandlerOutcome) {
   // (No slots at all while the snapshot is made: its warm-up answers
   // nobody.)
-  let Some(pending) = state.try_borrow_mut::<PendingResponses>() else {
+  let Some(responses) = responses else {
     return;
   };
-  if let Some(slot) = pending.take(id) {
+  let slot = responses.borrow_mut().take(id);
+  if let Some(slot) = slot {
     // The client may be gone; then there is nobody to answer.
     let _ = slot.send(outcome);
   }
@@ -295,13 +311,17 @@ pub fn op_respond<'s>(
   } else {
     return Err(JsErrorBox::type_error("unsupported response body"));
   };
+  let responses = state.try_borrow::<SharedResponses>();
   let response = if let Ok(list) = v8::Local::<v8::Array>::try_from(headers) {
     build_response(scope, status, list, body)?
   } else {
     let mut response = response_head(status, body)?;
     if !content_type.is_undefined() {
-      let value = match state.try_borrow_mut::<LastContentType>() {
-        Some(last) => last.value(scope, content_type)?,
+      let value = match responses {
+        Some(responses) => responses
+          .borrow_mut()
+          .last_content_type
+          .value(scope, content_type)?,
         None => header_value(scope, content_type)?,
       };
       response
@@ -310,7 +330,7 @@ pub fn op_respond<'s>(
     }
     response
   };
-  send(state, id, HandlerOutcome::Response(response));
+  answer(responses, id, HandlerOutcome::Response(response));
   Ok(())
 }
 
@@ -319,7 +339,7 @@ pub fn op_respond<'s>(
 /// same one (the very same string, a literal in its code or ours), so the
 /// value is neither read out of V8, checked, nor copied again.
 #[derive(Default)]
-pub struct LastContentType(Option<(v8::Global<v8::String>, HeaderValue)>);
+struct LastContentType(Option<(v8::Global<v8::String>, HeaderValue)>);
 
 impl LastContentType {
   fn value(

@@ -17,9 +17,7 @@ use anyhow::{anyhow, Context as _};
 use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions};
 use http::HeaderMap;
 use runtime_ext::console::ScriptName;
-use runtime_ext::http::{
-  HandlerOutcome, LastContentType, PendingResponses, RequestBody, RequestBodyResource,
-};
+use runtime_ext::http::{HandlerOutcome, RequestBody, RequestBodyResource, SharedResponses};
 use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 
@@ -254,12 +252,15 @@ pub struct Worker {
   poison: Rc<Poison>,
   array_buffers: Arc<ArrayBufferBudget>,
   memory_mb: u64,
+  /// The isolate's response slots (also in its `OpState`, for the ops).
+  responses: SharedResponses,
 }
 
 impl Drop for Worker {
   fn drop(&mut self) {
     let _entered = Entered::new(self.rt.isolate());
     self.handles.take();
+    self.responses.borrow_mut().forget_content_type();
   }
 }
 
@@ -390,7 +391,14 @@ impl Worker {
     .await
     .with_context(|| format!("worker {:?}", config.name))?;
 
-    let handles = rt.with(|runtime| RequestHandles::new(runtime, dispatch));
+    let (handles, responses) = rt.with(|runtime| {
+      let responses = runtime
+        .op_state()
+        .borrow()
+        .borrow::<SharedResponses>()
+        .clone();
+      (RequestHandles::new(runtime, dispatch), responses)
+    });
     Ok(Worker {
       handles: Some(handles),
       rt,
@@ -401,6 +409,7 @@ impl Worker {
       poison,
       array_buffers,
       memory_mb: config.limits.memory_mb,
+      responses,
     })
   }
 
@@ -417,18 +426,14 @@ impl Worker {
       respond,
     } = request;
     let runtime = &mut *self.rt.runtime;
-    let state = runtime.op_state();
-    let id = state
-      .borrow_mut()
-      .borrow_mut::<PendingResponses>()
-      .insert(respond);
+    let id = self.responses.borrow_mut().insert(respond);
     let body_rid = body.map(|body| {
-      state
+      runtime
+        .op_state()
         .borrow_mut()
         .resource_table
         .add(RequestBodyResource::new(body))
     });
-    drop(state);
 
     let slice = self.cpu.begin(&self.isolate_handle, self.cpu_budget);
     let handles = self.handles.as_ref().expect("live worker");
@@ -489,15 +494,12 @@ impl Worker {
       // limit's reason.
     } else if let Some(exception) = scope.exception() {
       let message = exception.to_rust_string_lossy(scope);
-      let state = JsRuntime::op_state_from(scope);
-      let slot = state.borrow_mut().borrow_mut::<PendingResponses>().take(id);
+      let slot = self.responses.borrow_mut().take(id);
       if let Some(slot) = slot {
         let _ = slot.send(HandlerOutcome::Error(message));
       }
     }
-    let state = JsRuntime::op_state_from(scope);
-    let waiting = state.borrow().borrow::<PendingResponses>().is_waiting(id);
-    !waiting
+    !self.responses.borrow().is_waiting(id)
   }
 
   /// Memory the isolate holds: its V8 heap plus its ArrayBuffers.
@@ -526,10 +528,9 @@ impl Worker {
     };
     let message = format!("worker {:?} {reason}; its isolate was discarded", self.name);
     tracing::error!(worker = %self.name, "{message}");
-    let state = self.rt.runtime.op_state();
-    state
+    self
+      .responses
       .borrow_mut()
-      .borrow_mut::<PendingResponses>()
       .fail_all(|| HandlerOutcome::Unavailable(message.clone()));
     self.poison.0.set(Some(reason));
     true
@@ -578,10 +579,9 @@ impl Worker {
         Poll::Pending => return Poll::Pending,
         Poll::Ready(Ok(())) => {
           // Idle: nothing pending can ever settle a handler still waiting.
-          let state = self.rt.runtime.op_state();
-          let failed = state
+          let failed = self
+            .responses
             .borrow_mut()
-            .borrow_mut::<PendingResponses>()
             .fail_all(|| HandlerOutcome::Error(NEVER_RESPONDS.to_string()));
           if failed > 0 {
             continue;
@@ -942,8 +942,7 @@ fn prepare(
     let state = runtime.op_state();
     let mut state = state.borrow_mut();
     state.put(ScriptName(script_name.to_string()));
-    state.put(PendingResponses::default());
-    state.put(LastContentType::default());
+    state.put(SharedResponses::default());
   }
   bootstrap(runtime)
 }
