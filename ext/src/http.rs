@@ -293,7 +293,7 @@ fn answer(responses: Option<&SharedResponses>, id: u32, outcome: HandlerOutcome)
 #[op2(fast)]
 pub fn op_respond<'s>(
   scope: &mut v8::PinScope<'s, '_>,
-  state: &mut OpState,
+  state: &OpState,
   #[smi] id: u32,
   #[smi] status: u32,
   body: v8::Local<'s, v8::Value>,
@@ -382,7 +382,7 @@ pub fn op_respond_stream<'s>(
 
 /// Request `id` failed in JavaScript: `error` is the error with its stack.
 #[op2(fast)]
-pub fn op_respond_error(state: &mut OpState, #[smi] id: u32, #[string] error: String) {
+pub fn op_respond_error(state: &OpState, #[smi] id: u32, #[string] error: String) {
   send(state, id, HandlerOutcome::Error(error));
 }
 
