@@ -10,18 +10,70 @@
 //! by deno_core, and a map file next to the bundle is read by the engine (not
 //! by the script) when a stack is first formatted, from inside the script's
 //! directory only.
+//!
+//! The process keeps V8's code cache of each JavaScript module it compiled,
+//! so that the next isolate loading the same source (a cold worker, an
+//! evicted one coming back, every request with `isolation = "request"`)
+//! deserializes its compiled top level instead of parsing it again.
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::hash::Hasher;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use deno_core::error::ModuleLoaderError;
 use deno_core::{
   resolve_import, ModuleLoadOptions, ModuleLoadReferrer, ModuleLoadResponse, ModuleLoader,
   ModuleResolveResponse, ModuleSource, ModuleSourceCode, ModuleSpecifier, ModuleType,
-  ResolutionKind,
+  ResolutionKind, SourceCodeCacheInfo,
 };
 use deno_error::JsErrorBox;
+
+/// Code caches kept, over all modules: past it, new caches are not kept.
+const CODE_CACHE_BUDGET: usize = 64 << 20;
+
+/// V8 code caches by module URL, each with the hash of the source it was
+/// made from. V8 checks a cache against its source's length only, so a
+/// cache is offered for the very source it came from and no other (a file
+/// changed in place to one of the same length must not run the old code).
+#[derive(Default)]
+struct CodeCaches {
+  by_url: HashMap<String, (u64, Arc<[u8]>)>,
+  bytes: usize,
+}
+
+static CODE_CACHES: Mutex<Option<CodeCaches>> = Mutex::new(None);
+
+/// A hash of a module's source, to match it with its code cache: it tells
+/// versions of one module apart (a module is only ever matched with caches
+/// made under its own URL), it is no defence against a crafted collision.
+fn source_hash(code: &[u8]) -> u64 {
+  let mut hasher = rustc_hash::FxHasher::default();
+  hasher.write(code);
+  hasher.write_usize(code.len());
+  hasher.finish()
+}
+
+/// The code cache made from exactly this source, if there is one.
+fn cached_code(url: &str, hash: u64) -> Option<Arc<[u8]>> {
+  let caches = CODE_CACHES.lock().unwrap();
+  let (cached_hash, data) = caches.as_ref()?.by_url.get(url)?;
+  (*cached_hash == hash).then(|| data.clone())
+}
+
+fn keep_code_cache(url: &str, hash: u64, data: &[u8]) {
+  let mut caches = CODE_CACHES.lock().unwrap();
+  let caches = caches.get_or_insert_with(CodeCaches::default);
+  let replaced = caches.by_url.get(url).map_or(0, |(_, old)| old.len());
+  if caches.bytes - replaced + data.len() > CODE_CACHE_BUDGET {
+    return;
+  }
+  caches.bytes = caches.bytes - replaced + data.len();
+  caches.by_url.insert(url.to_string(), (hash, data.into()));
+}
 
 pub struct ScriptLoader {
   root: RefCell<PathBuf>,
@@ -111,14 +163,35 @@ impl ModuleLoader for ScriptLoader {
     let result = self.check(specifier).and_then(|path| {
       let code = std::fs::read(&path)
         .map_err(|e| JsErrorBox::generic(format!("Cannot read module {}: {e}", path.display())))?;
+      let module_type = module_type(&path, &options);
+      // deno_core makes a cache when it gets none (or V8 rejects the one it
+      // got) and hands it to `code_cache_ready`.
+      let code_cache = matches!(module_type, ModuleType::JavaScript).then(|| {
+        let hash = source_hash(&code);
+        let data = cached_code(specifier.as_str(), hash).map(|data| Cow::Owned(data.to_vec()));
+        if data.is_some() {
+          tracing::debug!("{specifier}: compiled from the code cache");
+        }
+        SourceCodeCacheInfo { hash, data }
+      });
       Ok(ModuleSource::new(
-        module_type(&path, &options),
+        module_type,
         ModuleSourceCode::Bytes(code.into_boxed_slice().into()),
         specifier,
-        None,
+        code_cache,
       ))
     });
     ModuleLoadResponse::Sync(result)
+  }
+
+  fn code_cache_ready(
+    &self,
+    specifier: ModuleSpecifier,
+    hash: u64,
+    code_cache: &[u8],
+  ) -> Pin<Box<dyn std::future::Future<Output = ()>>> {
+    keep_code_cache(specifier.as_str(), hash, code_cache);
+    Box::pin(std::future::ready(()))
   }
 
   fn load_external_source_map(&self, source_map_url: &str) -> Option<Cow<'_, [u8]>> {

@@ -910,6 +910,40 @@ async fn shorthand_memory_limit_flag() {
   .await;
 }
 
+/// Isolates after the first compile a script from the code cache the first one made, and only
+/// for the very source it was made from: a script rewritten in place to one of the same length
+/// (which V8's own check of a cache does not tell apart) runs its new code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolates_share_code_caches_only_for_the_same_source() {
+  within(60, async {
+    let dir = scratch_dir("code-cache");
+    let script = dir.join("answer.js");
+    let source = |word: &str| {
+      format!("const word = \"{word}\";\nexport default {{ fetch() {{ return new Response(word); }} }};\n")
+    };
+    std::fs::write(&script, source("AAAA")).unwrap();
+    let mut cmd = serve_script_cmd(&script);
+    cmd
+      .args(["--threads", "1", "--isolation", "request"])
+      .env("RUST_LOG", "runtime::loader=debug");
+    let mut srv = serve(cmd);
+    let c = client();
+    for _ in 0..3 {
+      assert_eq!(get_text(&c, &srv.url("/")).await, (200, "AAAA".to_string()));
+    }
+    srv
+      .wait_for_log_lines(&["answer.js", "compiled from the code cache"], 1, 10)
+      .await;
+
+    std::fs::write(&script, source("BBBB")).unwrap();
+    for _ in 0..3 {
+      assert_eq!(get_text(&c, &srv.url("/")).await, (200, "BBBB".to_string()));
+    }
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shorthand_isolation_flag() {
   within(60, async {
