@@ -657,7 +657,15 @@ function replaceHeadersFrom(headers, init, prefix) {
  * Appends without validation (trusted name/value; name lowercase).
  */
 function appendTrustedHeader(headers, lowerName, value) {
-  ArrayPrototypePush(headers[_list], lowerName, value);
+  const list = headers[_list];
+  if (list.length === 0) {
+    // The usual case (a body's Content-Type on a new Response or Request):
+    // a literal, not a generic push onto an empty list. (An empty list is
+    // never shared: clones and guards copy theirs.)
+    headers[_list] = [lowerName, value];
+  } else {
+    ArrayPrototypePush(list, lowerName, value);
+  }
   headers[_sortedCache] = null;
 }
 

@@ -129,24 +129,15 @@ class Response {
     const prefix = "Failed to construct 'Response'";
     body = webidl.converters["BodyInit?"](body, prefix, "Argument 1");
     init = convertResponseInit(init, prefix, "Argument 2");
-    const bodyWithType = body === null ? null : extractBody(body);
-    // `new Response(text)` and the like: the body's Content-Type is the one
-    // header, so the list starts with it (initializeResponse then finds it
-    // there) rather than growing an empty list by a generic push.
-    const contentType = bodyWithType?.contentType ?? null;
     setResponseFields(
       this,
       "default",
       200,
       "",
-      headersFromList(
-        contentType !== null && init.headers === undefined
-          ? ["content-type", contentType]
-          : [],
-        "response",
-      ),
+      headersFromList([], "response"),
       null,
     );
+    const bodyWithType = body === null ? null : extractBody(body);
     initializeResponse(this, init, bodyWithType, prefix);
   }
 

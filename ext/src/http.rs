@@ -61,6 +61,15 @@ struct PendingResponse {
   watcher: Option<Waker>,
 }
 
+impl PendingResponse {
+  fn answer(self, outcome: HandlerOutcome) {
+    if let Some(watcher) = self.watcher {
+      watcher.wake();
+    }
+    let _ = self.respond.send(outcome);
+  }
+}
+
 /// Ids are sequential: a multiplicative hash spreads them well, and costs a
 /// fraction of SipHash on the request path.
 #[derive(Default)]
@@ -95,12 +104,12 @@ impl PendingResponses {
     self.next_id
   }
 
-  pub fn take(&mut self, id: u32) -> Option<oneshot::Sender<HandlerOutcome>> {
-    let slot = self.slots.remove(&id)?;
-    if let Some(watcher) = slot.watcher {
-      watcher.wake();
+  /// Answers request `id`, if it still waits (the client may be gone; then
+  /// there is nobody to answer).
+  pub fn answer(&mut self, id: u32, outcome: HandlerOutcome) {
+    if let Some(slot) = self.slots.remove(&id) {
+      slot.answer(outcome);
     }
-    Some(slot.respond)
   }
 
   pub fn is_empty(&self) -> bool {
@@ -123,10 +132,7 @@ impl PendingResponses {
   pub fn fail_all(&mut self, outcome: impl Fn() -> HandlerOutcome) -> usize {
     let n = self.slots.len();
     for (_, slot) in self.slots.drain() {
-      if let Some(watcher) = slot.watcher {
-        watcher.wake();
-      }
-      let _ = slot.respond.send(outcome());
+      slot.answer(outcome());
     }
     n
   }
@@ -276,13 +282,8 @@ fn send(state: &OpState, id: u32, outcome: HandlerOutcome) {
 fn answer(responses: Option<&SharedResponses>, id: u32, outcome: HandlerOutcome) {
   // (No slots at all while the snapshot is made: its warm-up answers
   // nobody.)
-  let Some(responses) = responses else {
-    return;
-  };
-  let slot = responses.borrow_mut().take(id);
-  if let Some(slot) = slot {
-    // The client may be gone; then there is nobody to answer.
-    let _ = slot.send(outcome);
+  if let Some(responses) = responses {
+    responses.borrow_mut().answer(id, outcome);
   }
 }
 

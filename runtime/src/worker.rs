@@ -494,10 +494,10 @@ impl Worker {
       // limit's reason.
     } else if let Some(exception) = scope.exception() {
       let message = exception.to_rust_string_lossy(scope);
-      let slot = self.responses.borrow_mut().take(id);
-      if let Some(slot) = slot {
-        let _ = slot.send(HandlerOutcome::Error(message));
-      }
+      self
+        .responses
+        .borrow_mut()
+        .answer(id, HandlerOutcome::Error(message));
     }
     !self.responses.borrow().is_waiting(id)
   }

@@ -24,6 +24,21 @@ fn wpt(args: &[&str]) -> Output {
   run_wpt(&[&["--no-server"], args].concat())
 }
 
+/// `run` (`wpt` or `run_wpt`) over the fake tree `dir` with no expectations (every failure is
+/// unexpected), writing its JSON summary to `summary`, then `extra`.
+fn run_fake_tree(run: fn(&[&str]) -> Output, dir: &Path, summary: &Path, extra: &[&str]) -> Output {
+  let none = dir.join("none.json");
+  let args = [
+    "--wpt-dir",
+    dir.to_str().unwrap(),
+    "--expectations",
+    none.to_str().unwrap(),
+    "--json",
+    summary.to_str().unwrap(),
+  ];
+  run(&[&args, extra].concat())
+}
+
 /// `runtime wpt ARGS`, with the runner's wptserve unless ARGS say otherwise.
 fn run_wpt(args: &[&str]) -> Output {
   let output = Command::new(BIN)
@@ -237,18 +252,13 @@ fn meta_scripts_variants_and_hanging_or_throwing_files() {
 
   let summary = dir.join("summary.json");
   let started = std::time::Instant::now();
-  let output = wpt(&[
-    "--wpt-dir",
-    dir.to_str().unwrap(),
-    "--expectations",
-    dir.join("none.json").to_str().unwrap(),
-    "--json",
-    summary.to_str().unwrap(),
+  let output = run_fake_tree(
+    wpt,
+    &dir,
+    &summary,
     // 10 s × 0.2: the harness gives up after 2 s; the runner kills a spinning file 10 s later.
-    "--timeout-multiplier",
-    "0.2",
-    "x/",
-  ]);
+    &["--timeout-multiplier", "0.2", "x/"],
+  );
   assert!(
     started.elapsed().as_secs() < 40,
     "took {:?}",
@@ -319,15 +329,7 @@ fn https_tests_fetch_from_wptserve_over_tls() {
   write("x/plain.any.js", fetch_test);
 
   let summary = dir.join("summary.json");
-  let output = run_wpt(&[
-    "--wpt-dir",
-    dir.to_str().unwrap(),
-    "--expectations",
-    dir.join("none.json").to_str().unwrap(),
-    "--json",
-    summary.to_str().unwrap(),
-    "x/",
-  ]);
+  let output = run_fake_tree(run_wpt, &dir, &summary, &["x/"]);
   let text = stdout(&output);
   assert!(output.status.success(), "{text}");
   let summary = read_json(&summary);
