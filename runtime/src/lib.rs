@@ -4,6 +4,7 @@
 
 pub mod coarse_timer;
 pub mod config;
+pub mod drain;
 pub mod limits;
 pub mod loader;
 pub mod pool;

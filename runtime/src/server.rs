@@ -25,6 +25,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::coarse_timer::{self, CoarseTimer};
 use crate::config::{EngineConfig, WorkerConfig};
+use crate::drain::Drain;
 use crate::pool::IsolatePool;
 use crate::routes::{RoutePattern, Router};
 use crate::worker::{IncomingRequest, Worker, WorkerContext};
@@ -279,7 +280,7 @@ async fn serve_thread(
   http2
     .timer(TokioTimer::new())
     .max_header_list_size(limits.max_header_bytes as u32);
-  let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+  let connections = Drain::default();
 
   loop {
     tokio::select! {
@@ -294,8 +295,9 @@ async fn serve_thread(
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let service = service_fn(move |request| handle(request, ctx.clone()));
-        let (http1, http2, watcher) = (http1.clone(), http2.clone(), graceful.watcher());
+        let (http1, http2) = (http1.clone(), http2.clone());
         let header_timeout = limits.header_read_timeout;
+        let watcher = connections.watcher();
         tokio::task::spawn_local(async move {
           let result = match tokio::time::timeout(header_timeout, is_http2(&stream)).await {
             Ok(Ok(false)) => {
@@ -324,7 +326,7 @@ async fn serve_thread(
     }
   }
   drop(listener);
-  if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+  if tokio::time::timeout(limits.shutdown_grace, connections.drain())
     .await
     .is_err()
   {

@@ -1566,6 +1566,42 @@ async fn sigterm_stops_accepting_new_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+  within(60, async {
+    let mut srv = serve_script(&example("hello.js"));
+    // Two kept-alive connections that have been served and now sit idle: the
+    // drain must close them rather than wait out its 30 s grace period.
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+      let mut conn = RawConn::connect(srv.port).await;
+      conn
+        .send(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await;
+      conn.read_until(b"Hello, world!").await;
+      idle.push(conn);
+    }
+    let start = Instant::now();
+    srv.signal("TERM");
+    for conn in &mut idle {
+      let rest = deadline(
+        10,
+        "the server closing an idle connection",
+        conn.read_to_end(),
+      )
+      .await;
+      assert!(rest.is_empty(), "nothing more was asked: {rest:?}");
+    }
+    srv.assert_clean_exit(10, "SIGTERM").await;
+    assert!(
+      start.elapsed() < Duration::from_secs(10),
+      "shutdown waited {:?} for idle connections",
+      start.elapsed()
+    );
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_when_idle_exits_0() {
   within(60, async {
     let mut srv = serve_script(&example("hello.js"));
