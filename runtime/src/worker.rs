@@ -18,7 +18,6 @@ use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOpt
 use http::HeaderMap;
 use runtime_ext::console::ScriptName;
 use runtime_ext::http::{HandlerOutcome, RequestBody, RequestBodyResource, SharedResponses};
-use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::WorkerConfig;
@@ -264,6 +263,13 @@ impl Drop for Worker {
   }
 }
 
+thread_local! {
+  /// Where a request's header lines are packed before they become one V8
+  /// string: one buffer per thread, reused, so that packing is one copy per
+  /// name and value and no allocation.
+  static HEADER_LINES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The common methods, whose strings a worker makes once, not per request.
 const COMMON_METHODS: [http::Method; 7] = [
   http::Method::GET,
@@ -456,18 +462,20 @@ impl Worker {
     // (names are tokens and values hold no CR, LF or NUL, so both separators
     // are unambiguous): one string instead of two per header, and
     // JavaScript splits it only if the handler reads the headers.
-    let mut packed: SmallVec<[u8; 1024]> = SmallVec::new();
-    for (name, value) in headers.iter() {
-      if !packed.is_empty() {
-        packed.push(b'\n');
+    let headers = HEADER_LINES.with_borrow_mut(|packed| {
+      packed.clear();
+      for (name, value) in headers.iter() {
+        if !packed.is_empty() {
+          packed.push(b'\n');
+        }
+        packed.extend_from_slice(name.as_str().as_bytes());
+        packed.push(b':');
+        packed.extend_from_slice(value.as_bytes());
       }
-      packed.extend_from_slice(name.as_str().as_bytes());
-      packed.push(b':');
-      packed.extend_from_slice(value.as_bytes());
-    }
-    let headers = v8::String::new_from_one_byte(scope, &packed, v8::NewStringType::Normal)
-      .unwrap()
-      .into();
+      v8::String::new_from_one_byte(scope, packed, v8::NewStringType::Normal)
+        .unwrap()
+        .into()
+    });
     let body = match body_rid {
       Some(rid) => v8::Integer::new_from_unsigned(scope, rid).into(),
       None => v8::undefined(scope).into(),
