@@ -55,7 +55,9 @@ fn watchdog() -> &'static Watchdog {
   })
 }
 
-fn thread_cpu(clock: libc::clockid_t) -> Option<u64> {
+/// Nanoseconds on `clock` (a thread's CPU clock, or a system clock such as
+/// `CLOCK_MONOTONIC_COARSE`); none if the clock is gone (a thread that ended).
+pub fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
   let mut ts = libc::timespec {
     tv_sec: 0,
     tv_nsec: 0,
@@ -94,7 +96,7 @@ impl Watchdog {
         if generation != *last_generation || generation % 2 == 1 {
           quiet_ticks = 0;
         }
-        let Some(now) = thread_cpu(slot.clock) else {
+        let Some(now) = clock_ns(slot.clock) else {
           continue;
         };
         if generation % 2 == 1 && generation == *last_generation {

@@ -679,14 +679,7 @@ const DEFERRED_TURN: Duration = Duration::from_millis(10);
 /// `DEFERRED_TURN`, and read from the vDSO at a fraction of what
 /// `Instant::now` costs on every request.
 fn coarse_millis() -> u64 {
-  let mut ts = libc::timespec {
-    tv_sec: 0,
-    tv_nsec: 0,
-  };
-  // SAFETY: `ts` is a valid out-pointer; the clock exists on every Linux
-  // since 2.6.32.
-  unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-  ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+  crate::limits::clock_ns(libc::CLOCK_MONOTONIC_COARSE).map_or(0, |ns| ns / 1_000_000)
 }
 
 thread_local! {

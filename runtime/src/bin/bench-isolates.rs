@@ -42,13 +42,7 @@ fn percentile(sorted: &[u128], p: f64) -> u128 {
 
 /// CPU time of the calling thread.
 fn thread_cpu_us() -> u128 {
-  let mut ts = libc::timespec {
-    tv_sec: 0,
-    tv_nsec: 0,
-  };
-  // SAFETY: `ts` is a valid out-pointer.
-  unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-  ts.tv_sec as u128 * 1_000_000 + ts.tv_nsec as u128 / 1000
+  runtime::limits::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0) as u128 / 1000
 }
 
 fn rss_kib() -> u64 {
