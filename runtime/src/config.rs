@@ -57,6 +57,7 @@ struct WorkerSection {
 #[serde(deny_unknown_fields)]
 struct LimitsSection {
   cpu_ms: Option<u64>,
+  startup_ms: Option<u64>,
   memory_mb: Option<u64>,
   subrequests: Option<u32>,
 }
@@ -78,6 +79,10 @@ pub enum Isolation {
 pub struct WorkerLimits {
   /// CPU time one request may use without yielding, in ms.
   pub cpu_ms: u64,
+  /// CPU time a new isolate's start-up (module evaluation and top-level
+  /// code, top-level `await` included) may use in all, in ms: apart from
+  /// `cpu_ms`, as Workers gives start-up a budget of its own.
+  pub startup_ms: u64,
   /// Heap (and ArrayBuffer) memory of the worker's isolate, in MiB.
   pub memory_mb: u64,
   /// `fetch()` calls per request.
@@ -86,12 +91,14 @@ pub struct WorkerLimits {
 
 impl WorkerLimits {
   pub const DEFAULT_MEMORY_MB: u64 = 128;
+  pub const DEFAULT_STARTUP_MS: u64 = 1000;
 }
 
 impl Default for WorkerLimits {
   fn default() -> Self {
     Self {
       cpu_ms: 50,
+      startup_ms: Self::DEFAULT_STARTUP_MS,
       memory_mb: Self::DEFAULT_MEMORY_MB,
       subrequests: 50,
     }
@@ -120,6 +127,24 @@ pub struct EngineConfig {
 }
 
 pub const DEFAULT_MAX_ISOLATES: usize = 1000;
+
+/// With pointer compression (the `heap-cage` feature, on by default) every
+/// isolate of the process allocates its heap from one 4 GiB cage, and V8
+/// aborts the whole process when the cage is full.
+pub const HEAP_CAGE_MB: Option<u64> = if cfg!(feature = "heap-cage") {
+  Some(4096)
+} else {
+  None
+};
+
+/// The part of the cage warm isolates may hold (their committed heap pages,
+/// summed over the process): past it the least recently used are evicted.
+/// The rest is headroom for heaps that grow between two measurements (every
+/// 100 ms), isolates being made, the spares and the read-only heap.
+pub const HEAP_CAGE_BUDGET_MB: Option<u64> = match HEAP_CAGE_MB {
+  Some(cage) => Some(cage / 4 * 3),
+  None => None,
+};
 
 impl EngineConfig {
   /// The one-worker shorthand: every request goes to `script`.
@@ -194,12 +219,14 @@ impl EngineConfig {
       let defaults = WorkerLimits::default();
       let limits = WorkerLimits {
         cpu_ms: w.limits.cpu_ms.unwrap_or(defaults.cpu_ms),
+        startup_ms: w.limits.startup_ms.unwrap_or(defaults.startup_ms),
         memory_mb: w.limits.memory_mb.unwrap_or(defaults.memory_mb),
         subrequests: w.limits.subrequests.unwrap_or(defaults.subrequests),
       };
-      if limits.cpu_ms == 0 || limits.memory_mb == 0 {
-        bail!("{at}.limits: cpu_ms and memory_mb must be positive");
+      if limits.cpu_ms == 0 || limits.startup_ms == 0 || limits.memory_mb == 0 {
+        bail!("{at}.limits: cpu_ms, startup_ms and memory_mb must be positive");
       }
+      check_against_cage(&format!("{at}.limits.memory_mb"), limits.memory_mb)?;
       workers.push(WorkerConfig {
         name: w.name,
         main,
@@ -208,6 +235,9 @@ impl EngineConfig {
         isolation: w.isolation,
         limits,
       });
+    }
+    if let Some(mb) = file.engine.max_memory_mb {
+      check_against_cage(&format!("{}: engine.max_memory_mb", path.display()), mb)?;
     }
     Ok(Self {
       listen: file.server.listen,
@@ -219,6 +249,18 @@ impl EngineConfig {
       max_memory_mb: file.engine.max_memory_mb,
       workers,
     })
+  }
+}
+
+/// A memory figure the process could never honour: more heap than the cage
+/// lets all its isolates hold together.
+pub fn check_against_cage(what: &str, mb: u64) -> anyhow::Result<()> {
+  match (HEAP_CAGE_MB, HEAP_CAGE_BUDGET_MB) {
+    (Some(cage), Some(budget)) if mb > budget => bail!(
+      "{what} = {mb} MiB is more than one process can hold: its isolates share one {cage} MiB \
+       pointer cage, of which warm isolates may fill {budget} MiB (run more processes for more heap)"
+    ),
+    _ => Ok(()),
   }
 }
 
@@ -266,7 +308,7 @@ mod tests {
       vars = { GREETING = "hello" }
       secrets = ["TOKEN"]
       isolation = "request"
-      limits = { cpu_ms = 10, memory_mb = 64, subrequests = 5 }
+      limits = { cpu_ms = 10, startup_ms = 300, memory_mb = 64, subrequests = 5 }
       "#,
     )
     .unwrap();
@@ -275,6 +317,7 @@ mod tests {
     let w = &c.workers[0];
     assert_eq!(w.isolation, Isolation::Request);
     assert_eq!(w.limits.cpu_ms, 10);
+    assert_eq!(w.limits.startup_ms, 300);
     assert_eq!(w.routes.len(), 2);
     assert!(w.bindings.contains(&("TOKEN".into(), "s3cret".into())));
     assert!(w.bindings.contains(&("GREETING".into(), "hello".into())));

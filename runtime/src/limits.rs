@@ -173,6 +173,11 @@ impl CpuSlot {
     slot
   }
 
+  /// CPU time the registered thread has used so far (read on that thread).
+  pub fn thread_cpu(&self) -> Duration {
+    Duration::from_nanos(clock_ns(self.clock).unwrap_or(0))
+  }
+
   /// JavaScript of `isolate` starts running on this thread; it may use
   /// `budget` of CPU before the watchdog terminates it.
   pub fn begin(&self, isolate: &v8::IsolateHandle, budget: Duration) -> SliceGuard<'_> {

@@ -49,6 +49,10 @@ struct ServeArgs {
   /// CPU time a request may use without yielding, in ms (shorthand only).
   #[arg(long, default_value_t = WorkerLimits::default().cpu_ms)]
   cpu_limit: u64,
+  /// CPU time a new isolate's start-up (module evaluation, top-level code)
+  /// may use in all, in ms, apart from the per-request limit (shorthand only).
+  #[arg(long, default_value_t = WorkerLimits::DEFAULT_STARTUP_MS)]
+  startup_limit: u64,
   /// Heap memory of the script's isolate, in MiB (shorthand only).
   #[arg(long, default_value_t = WorkerLimits::default().memory_mb)]
   memory_limit: u64,
@@ -80,18 +84,22 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
   }
   let config = match (&args.config, &args.script) {
     (Some(path), _) => EngineConfig::load(path, |key| std::env::var(key).ok())?,
-    (None, Some(script)) => EngineConfig::single(
-      script,
-      match args.isolation {
-        IsolationArg::Isolate => Isolation::Isolate,
-        IsolationArg::Request => Isolation::Request,
-      },
-      WorkerLimits {
-        cpu_ms: args.cpu_limit.max(1),
-        memory_mb: args.memory_limit.max(1),
-        ..WorkerLimits::default()
-      },
-    )?,
+    (None, Some(script)) => {
+      runtime::config::check_against_cage("--memory-limit", args.memory_limit)?;
+      EngineConfig::single(
+        script,
+        match args.isolation {
+          IsolationArg::Isolate => Isolation::Isolate,
+          IsolationArg::Request => Isolation::Request,
+        },
+        WorkerLimits {
+          cpu_ms: args.cpu_limit.max(1),
+          startup_ms: args.startup_limit.max(1),
+          memory_mb: args.memory_limit.max(1),
+          ..WorkerLimits::default()
+        },
+      )?
+    }
     (None, None) => anyhow::bail!("a script or --config is required"),
   };
   let listen = config

@@ -11,14 +11,24 @@ use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
 use crate::config::{Isolation, WorkerConfig};
-use crate::worker::{IncomingRequest, SharedWorker, Worker, WorkerContext};
+use crate::worker::{IncomingRequest, IsolateMemory, SharedWorker, Worker, WorkerContext};
+
+/// What one thread's warm isolates may hold, in bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MemoryBudget {
+  /// Its share of `[engine] max_memory_mb`: used V8 heap plus ArrayBuffers.
+  pub total: Option<usize>,
+  /// Its share of the pointer cage: V8 heap pages committed (every isolate
+  /// of the process allocates them from one 4 GiB cage; ArrayBuffers live
+  /// outside it).
+  pub heap: Option<usize>,
+}
 
 pub struct IsolatePool {
   workers: Rc<[WorkerConfig]>,
   ctx: WorkerContext,
   max_live: usize,
-  /// This thread's share of `[engine] max_memory_mb`, in bytes.
-  memory_budget: Option<usize>,
+  memory_budget: MemoryBudget,
   /// Warm workers by index (FxHash: SipHash cost ~150 instructions per
   /// request here, and the keys are our own small integers).
   live: RefCell<FxHashMap<usize, LiveWorker>>,
@@ -32,7 +42,7 @@ struct LiveWorker {
   shared: Rc<SharedWorker>,
   last_used: u64,
   /// Its memory when last measured (it may be busy when measured again).
-  memory_bytes: usize,
+  memory: IsolateMemory,
 }
 
 impl IsolatePool {
@@ -40,7 +50,7 @@ impl IsolatePool {
     workers: Rc<[WorkerConfig]>,
     ctx: WorkerContext,
     max_live: usize,
-    memory_budget: Option<usize>,
+    memory_budget: MemoryBudget,
   ) -> Self {
     Self {
       workers,
@@ -162,7 +172,7 @@ impl IsolatePool {
         requests: tx,
         shared: shared.clone(),
         last_used: now,
-        memory_bytes: 0,
+        memory: IsolateMemory::default(),
       },
     );
     drop(live);
@@ -185,41 +195,74 @@ impl IsolatePool {
 }
 
 impl IsolatePool {
-  /// Keeps the warm workers' memory (V8 heaps and ArrayBuffers) within the
-  /// thread's budget: past it, the least recently used are evicted (they
-  /// finish what they have in flight, then their isolates are dropped). The
-  /// most recently used one always stays.
-  pub fn enforce_memory_budget(&self) {
-    let Some(budget) = self.memory_budget else {
-      return;
-    };
+  /// What this thread's warm workers hold now, in sum (those in use as last
+  /// measured).
+  pub fn memory(&self) -> IsolateMemory {
     let mut live = self.live.borrow_mut();
-    let mut usage: Vec<(usize, u64, usize)> = live
+    live
+      .values_mut()
+      .fold(IsolateMemory::default(), |sum, worker| {
+        if let Some(memory) = worker.shared.memory() {
+          worker.memory = memory;
+        }
+        IsolateMemory {
+          total: sum.total + worker.memory.total,
+          heap_committed: sum.heap_committed + worker.memory.heap_committed,
+        }
+      })
+  }
+
+  /// Keeps the warm workers' memory within the thread's budgets (V8 heaps
+  /// and ArrayBuffers within `max_memory_mb`, heap pages within the cage):
+  /// past either, the least recently used are evicted (they finish what
+  /// they have in flight, then their isolates are dropped). The most
+  /// recently used one always stays.
+  pub fn enforce_memory_budget(&self) {
+    let budget = self.memory_budget;
+    if budget.total.is_none() && budget.heap.is_none() {
+      return;
+    }
+    let mut live = self.live.borrow_mut();
+    let mut usage: Vec<(usize, u64, IsolateMemory)> = live
       .iter_mut()
       .map(|(&index, worker)| {
-        if let Some(bytes) = worker.shared.memory_bytes() {
-          worker.memory_bytes = bytes;
+        if let Some(memory) = worker.shared.memory() {
+          worker.memory = memory;
         }
-        (index, worker.last_used, worker.memory_bytes)
+        (index, worker.last_used, worker.memory)
       })
       .collect();
-    let mut total: usize = usage.iter().map(|&(_, _, bytes)| bytes).sum();
-    if total <= budget {
+    let mut total: usize = usage.iter().map(|(_, _, m)| m.total).sum();
+    let mut heap: usize = usage.iter().map(|(_, _, m)| m.heap_committed).sum();
+    let over = |total: usize, heap: usize| {
+      if budget.total.is_some_and(|b| total > b) {
+        Some(("max_memory_mb", total, budget.total.unwrap_or(0)))
+      } else if budget.heap.is_some_and(|b| heap > b) {
+        Some(("the heap cage", heap, budget.heap.unwrap_or(0)))
+      } else {
+        None
+      }
+    };
+    if over(total, heap).is_none() {
       return;
     }
     usage.sort_by_key(|&(_, last_used, _)| last_used);
-    for (index, _, bytes) in usage {
-      if total <= budget || live.len() <= 1 {
+    for (index, _, memory) in usage {
+      let Some((what, held, share)) = over(total, heap) else {
+        break;
+      };
+      if live.len() <= 1 {
         break;
       }
       live.remove(&index);
       tracing::info!(
         worker = %self.workers[index].name,
-        "evicted (least recently used): warm isolates held {} MiB, over this thread's {} MiB share of max_memory_mb",
-        total >> 20,
-        budget >> 20
+        "evicted (least recently used): warm isolates held {} MiB, over this thread's {} MiB share of {what}",
+        held >> 20,
+        share >> 20
       );
-      total -= bytes;
+      total -= memory.total;
+      heap -= memory.heap_committed;
     }
   }
 }

@@ -26,7 +26,7 @@ use tokio::sync::{oneshot, watch};
 use crate::coarse_timer::{self, CoarseTimer};
 use crate::config::{EngineConfig, WorkerConfig};
 use crate::drain::Drain;
-use crate::pool::IsolatePool;
+use crate::pool::{IsolatePool, MemoryBudget};
 use crate::routes::{RoutePattern, Router};
 use crate::worker::{IncomingRequest, Worker, WorkerContext};
 
@@ -110,10 +110,13 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
     ),
     workers: options.config.workers.clone(),
     max_live_per_thread: options.config.max_isolates.div_ceil(options.threads),
-    memory_per_thread: options
-      .config
-      .max_memory_mb
-      .map(|mb| (mb as usize).saturating_mul(1 << 20) / options.threads.max(1)),
+    memory_per_thread: {
+      let share = |mb: u64| (mb as usize).saturating_mul(1 << 20) / options.threads.max(1);
+      MemoryBudget {
+        total: options.config.max_memory_mb.map(share),
+        heap: crate::config::HEAP_CAGE_BUDGET_MB.map(share),
+      }
+    },
     limits: options.limits,
   });
 
@@ -178,7 +181,7 @@ struct SharedConfig {
   router: Router,
   workers: Vec<WorkerConfig>,
   max_live_per_thread: usize,
-  memory_per_thread: Option<usize>,
+  memory_per_thread: MemoryBudget,
   limits: Limits,
 }
 
@@ -254,7 +257,8 @@ async fn serve_thread(
     local_addr,
   });
   tokio::task::spawn_local(coarse_timer::sweep());
-  if ctx.shared.memory_per_thread.is_some() {
+  let budget = ctx.shared.memory_per_thread;
+  if budget.total.is_some() || budget.heap.is_some() {
     // Heaps grow between requests too (timers, waitUntil): measured on a
     // tick rather than on the request path.
     let ctx = ctx.clone();

@@ -247,6 +247,11 @@ pub struct Worker {
   name: String,
   cpu: Arc<CpuSlot>,
   cpu_budget: Duration,
+  /// What start-up left of `limits.startup_ms`, which the first event may
+  /// use on top of `cpu_budget`: an app's lazy initialization on its first
+  /// request (compiling what the top level did not run, a schema checked on
+  /// first use) is start-up work deferred.
+  startup_credit: Duration,
   isolate_handle: v8::IsolateHandle,
   poison: Rc<Poison>,
   array_buffers: Arc<ArrayBufferBudget>,
@@ -280,6 +285,15 @@ const COMMON_METHODS: [http::Method; 7] = [
   http::Method::PATCH,
   http::Method::OPTIONS,
 ];
+
+/// Memory one isolate holds, in bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IsolateMemory {
+  /// Used V8 heap plus ArrayBuffers (what `max_memory_mb` counts).
+  pub total: usize,
+  /// V8 heap pages committed (what it takes of the pointer cage).
+  pub heap_committed: usize,
+}
 
 /// What every request needs from the isolate, kept rather than made anew:
 /// the script's dispatch function, its context, and the strings of the
@@ -355,9 +369,10 @@ impl Worker {
     let isolate = rt.isolate();
     let cpu = ctx.cpu.clone();
     let cpu_budget = Duration::from_millis(config.limits.cpu_ms);
+    let startup_budget = Duration::from_millis(config.limits.startup_ms);
     let poison_at_load = poison.clone();
     let runtime = &mut *rt.runtime;
-    InIsolate {
+    let startup_spent = InIsolate {
       isolate,
       inner: Box::pin(async move {
         let module_id = runtime.load_main_es_module(&specifier).await?;
@@ -369,7 +384,7 @@ impl Worker {
         if !guessed_module {
           define_globals(runtime, bindings, true);
         }
-        evaluate_with_limits(runtime, module_id, &cpu, cpu_budget, &poison_at_load)
+        let spent = evaluate_with_limits(runtime, module_id, &cpu, startup_budget, &poison_at_load)
           .await
           .with_context(|| format!("{}: top-level code", script.display()))?;
         loader.seal();
@@ -391,7 +406,7 @@ impl Worker {
             script.display()
           ));
         }
-        Ok(())
+        Ok(spent)
       }),
     }
     .await
@@ -411,6 +426,7 @@ impl Worker {
       name: config.name.clone(),
       cpu: ctx.cpu.clone(),
       cpu_budget,
+      startup_credit: startup_budget.saturating_sub(startup_spent),
       isolate_handle,
       poison,
       array_buffers,
@@ -441,7 +457,9 @@ impl Worker {
         .add(RequestBodyResource::new(body))
     });
 
-    let slice = self.cpu.begin(&self.isolate_handle, self.cpu_budget);
+    // The first event may also use what start-up left of its budget.
+    let budget = self.cpu_budget + std::mem::take(&mut self.startup_credit);
+    let slice = self.cpu.begin(&self.isolate_handle, budget);
     let handles = self.handles.as_ref().expect("live worker");
     v8::scope!(scope, runtime.v8_isolate());
     let context = v8::Local::new(scope, &handles.context);
@@ -510,11 +528,14 @@ impl Worker {
     !self.responses.borrow().is_waiting(id)
   }
 
-  /// Memory the isolate holds: its V8 heap plus its ArrayBuffers.
-  fn memory_bytes(&mut self) -> usize {
+  /// Memory the isolate holds.
+  fn memory(&mut self) -> IsolateMemory {
     let _entered = Entered::new(self.rt.isolate());
     let heap = self.rt.runtime.v8_isolate().get_heap_statistics();
-    heap.used_heap_size() + self.array_buffers.used()
+    IsolateMemory {
+      total: heap.used_heap_size() + self.array_buffers.used(),
+      heap_committed: heap.total_heap_size(),
+    }
   }
 
   fn poison_with(&self, reason: String) {
@@ -701,9 +722,9 @@ impl SharedWorker {
   }
 
   /// Memory the worker's isolate holds, if it is loaded and not in use.
-  pub fn memory_bytes(&self) -> Option<usize> {
+  pub fn memory(&self) -> Option<IsolateMemory> {
     let mut slot = self.worker.try_borrow_mut().ok()?;
-    slot.as_mut().map(Worker::memory_bytes)
+    slot.as_mut().map(Worker::memory)
   }
 
   /// The worker will take no more requests (it failed to start).
@@ -989,47 +1010,64 @@ fn bootstrap(runtime: &mut JsRuntime) -> anyhow::Result<[v8::Global<v8::Function
 }
 
 /// Evaluates a loaded module, driving the event loop until its top-level
-/// code (including top-level `await`) is done, under the worker's limits:
-/// each turn of JavaScript is a CPU slice, and a module whose evaluation can
-/// never finish (nothing pending) is an error, not a hang.
+/// code (including top-level `await`) is done, under the worker's start-up
+/// budget: every turn of JavaScript is a CPU slice drawing on what is left of
+/// `startup` (not on the per-request limit, which starts with the first
+/// event), and a module whose evaluation can never finish (nothing pending)
+/// is an error, not a hang.
 async fn evaluate_with_limits(
   runtime: &mut JsRuntime,
   module_id: deno_core::ModuleId,
   cpu: &CpuSlot,
-  budget: Duration,
+  startup: Duration,
   poison: &Poison,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Duration> {
   let handle = runtime.v8_isolate().thread_safe_handle();
-  let limit_hit = |fired: bool| -> Option<anyhow::Error> {
-    if fired {
+  let spent = Cell::new(Duration::ZERO);
+  // One slice of start-up JavaScript: `run` under what is left of the
+  // budget, the CPU it took added to what start-up has spent.
+  let slice = |run: &mut dyn FnMut()| -> Option<anyhow::Error> {
+    let left = startup.saturating_sub(spent.get());
+    let before = cpu.thread_cpu();
+    let fired = {
+      let slice = cpu.begin(&handle, left);
+      run();
+      slice.fired()
+    };
+    spent.set(spent.get() + cpu.thread_cpu().saturating_sub(before));
+    // Over budget between two samples of the watchdog counts too: the slice
+    // ended on its own, but start-up may not go on.
+    if fired || spent.get() > startup {
       return Some(anyhow!(
-        "exceeded the CPU time limit of {} ms",
-        budget.as_millis()
+        "exceeded its start-up CPU time limit of {} ms (limits.startup_ms)",
+        startup.as_millis()
       ));
     }
     poison.0.take().map(|reason| anyhow!("{reason}"))
   };
-  let mut evaluation = {
-    let slice = cpu.begin(&handle, budget);
+  let mut evaluation = None;
+  if let Some(error) = slice(&mut || {
     // Unconstrained: the evaluation's result arrives through a channel, and
     // once the task has used up tokio's cooperative budget (many workers
     // loaded in one task) that channel would read as pending even though
     // the module is done, which looks exactly like a module that never
     // finishes.
-    let evaluation = Box::pin(tokio::task::unconstrained(runtime.mod_evaluate(module_id)));
-    if let Some(error) = limit_hit(slice.fired()) {
-      return Err(error);
-    }
-    evaluation
-  };
+    evaluation = Some(Box::pin(tokio::task::unconstrained(
+      runtime.mod_evaluate(module_id),
+    )));
+  }) {
+    return Err(error);
+  }
+  let mut evaluation = evaluation.expect("evaluation started");
   poll_fn(|cx| {
-    let slice = cpu.begin(&handle, budget);
-    let event_loop = runtime.poll_event_loop(cx, PollEventLoopOptions::default());
-    if let Some(error) = limit_hit(slice.fired()) {
+    let mut event_loop = Poll::Pending;
+    if let Some(error) = slice(&mut || {
+      event_loop = runtime.poll_event_loop(cx, PollEventLoopOptions::default());
+    }) {
       return Poll::Ready(Err(error));
     }
     if let Poll::Ready(result) = evaluation.as_mut().poll(cx) {
-      return Poll::Ready(result.map_err(anyhow::Error::from));
+      return Poll::Ready(result.map(|()| spent.get()).map_err(anyhow::Error::from));
     }
     match event_loop {
       Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),

@@ -148,3 +148,61 @@ async fn multipart_upload_parsed_by_form_data() {
     })
   );
 }
+
+/// A graphql-yoga API (an 830 KB esbuild bundle whose top level builds its schema: more CPU than
+/// a request may use) starts under `--cpu-limit 5`, on the start-up budget, in a fresh isolate for
+/// every request, and answers GraphQL queries.
+#[tokio::test]
+async fn graphql_yoga_starts_under_a_5_ms_request_limit() {
+  let mut cmd = serve_script_cmd(&fixture("yoga-app.js"));
+  cmd.args([
+    "--threads",
+    "1",
+    "--cpu-limit",
+    "5",
+    "--isolation",
+    "request",
+  ]);
+  let mut srv = serve(cmd);
+  let c = reqwest::Client::new();
+  within(60, async {
+    for _ in 0..5 {
+      let r = c
+        .post(srv.url("/graphql"))
+        .json(&serde_json::json!({
+          "query": "query($id: ID!) { hello(name: \"yoga\") author(id: $id) { name books { title } } }",
+          "variables": { "id": "1" },
+        }))
+        .send()
+        .await
+        .unwrap();
+      assert_eq!(r.status(), 200);
+      let v: serde_json::Value = r.json().await.unwrap();
+      assert_eq!(
+        v,
+        serde_json::json!({ "data": {
+          "hello": "Hello yoga",
+          "author": { "name": "Ursula K. Le Guin",
+            "books": [{ "title": "The Dispossessed" }, { "title": "The Left Hand of Darkness" }] },
+        }})
+      );
+    }
+    // A query that does not validate is the API's error, not the runtime's.
+    let r = c
+      .get(srv.url("/graphql?query=%7B%20nope%20%7D"))
+      .send()
+      .await
+      .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+      v["errors"][0]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("nope")),
+      "{v}"
+    );
+    assert!(srv.log_lines_with(&["exceeded"]).is_empty(), "{}", srv.stderr());
+    srv.stop_cleanly().await;
+  })
+  .await;
+}

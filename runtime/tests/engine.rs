@@ -323,6 +323,94 @@ async fn memory_limit_stops_a_runaway_allocation_and_recycles_the_isolate() {
   .await;
 }
 
+/// Pointer compression puts every isolate's heap in one 4 GiB cage, and V8 aborts the whole
+/// process when it is full. 36 workers, each allowed 256 MiB and each growing by 8 MiB per request
+/// to 160 MiB (5.6 GiB in sum), and 4 offenders allowed 48 MiB: the engine evicts idle isolates
+/// before the cage fills, so the offenders get 503s, everyone else 200s, a quiet worker answers
+/// throughout, and the process never aborts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_heaps_past_the_pointer_cage_in_sum_never_abort_the_process() {
+  use futures::StreamExt;
+  const GROWERS: usize = 36;
+  const OFFENDERS: usize = 4;
+  const ROUNDS: usize = 20;
+  within(300, async {
+    let mut toml = String::from("[engine]\nmax_isolates = 200\n");
+    let grower = engine_fixture("grower.js").display().to_string();
+    for i in 0..GROWERS + OFFENDERS {
+      let mb = if i < GROWERS { 256 } else { 48 };
+      toml += &format!(
+        "[[workers]]\nname = \"g{i}\"\nmain = {grower:?}\nroutes = [\"g{i}.test/*\"]\nlimits = {{ memory_mb = {mb}, cpu_ms = 1000 }}\n"
+      );
+    }
+    toml += &format!(
+      "[[workers]]\nname = \"quiet\"\nmain = {grower:?}\nroutes = [\"quiet.test/*\"]\n"
+    );
+    let config = scratch_config("cage", &toml);
+    let mut cmd = serve_config_cmd(&config);
+    cmd.args(["--threads", "2"]);
+    let mut srv = serve(cmd);
+    let c = client();
+    let mut offender_503s = 0;
+    for round in 0..ROUNDS {
+      let statuses: Vec<(usize, u16, String)> = futures::stream::iter(0..GROWERS + OFFENDERS)
+        .map(|i| {
+          let c = c.clone();
+          let url = srv.url("/grow");
+          async move {
+            let (status, body) = get_url(&c, &url, &format!("g{i}.test")).await;
+            (i, status, body)
+          }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+      for (i, status, body) in statuses {
+        if i < GROWERS {
+          assert_eq!(status, 200, "round {round}, g{i} (within its limit): {body:?}");
+        } else if status == 503 {
+          offender_503s += 1;
+        } else {
+          assert_eq!(status, 200, "round {round}, offender g{i}: {body:?}");
+        }
+      }
+      srv.assert_alive();
+      // Answers every round (from whichever thread; evicted and back, or warm).
+      count(&c, &srv, "quiet.test", "/count").await;
+    }
+    assert!(offender_503s >= OFFENDERS, "{offender_503s} 503s for the offenders");
+    srv
+      .wait_for_log_lines(&["exceeded its memory limit of 48 MiB"], OFFENDERS, 10)
+      .await;
+    assert!(
+      !srv.log_lines_with(&["share of the heap cage"]).is_empty(),
+      "the cage's budget evicted isolates"
+    );
+    // A stopped offender serves again.
+    for i in GROWERS..GROWERS + OFFENDERS {
+      let (status, body) = get_host(&c, &srv, &format!("g{i}.test"), "/count").await;
+      assert_eq!(status, 200, "g{i}: {body:?}");
+    }
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+/// A config that promises more heap than the cage holds is an error naming the numbers.
+#[test]
+fn config_memory_past_the_pointer_cage_is_an_error() {
+  config_fails(
+    "cage-worker",
+    &format!("{OK_WORKER}limits = {{ memory_mb = 5000 }}\n"),
+    &["limits.memory_mb = 5000 MiB", "4096 MiB", "3072 MiB"],
+  );
+  config_fails(
+    "cage-engine",
+    &format!("[engine]\nmax_memory_mb = 8192\n{OK_WORKER}"),
+    &["max_memory_mb = 8192 MiB", "4096 MiB"],
+  );
+}
+
 /// Issue 6: "Heap per isolate (128 MiB), ArrayBuffer memory counted too". The fixture holds 512
 /// ArrayBuffers of 1 MiB (untouched, so the process's RSS barely grows if nothing stops it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -827,8 +915,8 @@ fn config_syntax_error_in_a_worker_names_file_line_and_column() {
   assert!(stderr.contains("engine/syntax-error.js:4:9"), "{stderr}");
 }
 
-/// Top-level code is held to the CPU limit too (worker.rs says so): a script whose evaluation
-/// never ends must fail start-up (naming the script), not hang it. Three scripts, started at
+/// Top-level code is held to the start-up budget (`limits.startup_ms`, 1 s by default): a script
+/// whose evaluation never ends must fail start-up (naming the script and the limit), not hang it. Three scripts, started at
 /// once: a synchronous loop, a loop after `await null`, and a loop after awaiting a timer.
 #[test]
 fn a_worker_whose_top_level_code_never_finishes_fails_start_up() {
@@ -842,7 +930,10 @@ fn a_worker_whose_top_level_code_never_finishes_fails_start_up() {
     .map(|&script| {
       std::thread::spawn(move || {
         let stderr = serve_fails_within(shorthand_cmd(script, &[]), 15);
-        assert!(stderr.contains(script), "{script}: {stderr}");
+        assert!(
+          stderr.contains(script) && stderr.contains("exceeded its start-up CPU time limit"),
+          "{script}: {stderr}"
+        );
       })
     })
     .collect();
@@ -864,6 +955,180 @@ fn a_worker_whose_top_level_code_never_finishes_fails_start_up() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The start-up budget (limits.startup_ms): apart from the per-request CPU limit
+// ---------------------------------------------------------------------------------------------
+
+/// A loopback HTTP server that answers each request with the next of `answers` (then with
+/// `"ok"`), and counts the requests: what `startup-control.js` asks at the top of its start-up.
+async fn control_server(answers: &[&str]) -> (String, Arc<Mutex<usize>>) {
+  use tokio::io::{AsyncReadExt, AsyncWriteExt};
+  let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+  let url = format!("http://{}/", listener.local_addr().unwrap());
+  let answers = Arc::new(Mutex::new(
+    answers
+      .iter()
+      .map(|a| a.to_string())
+      .collect::<std::collections::VecDeque<_>>(),
+  ));
+  let hits = Arc::new(Mutex::new(0));
+  let counted = hits.clone();
+  tokio::spawn(async move {
+    loop {
+      let Ok((mut socket, _)) = listener.accept().await else {
+        return;
+      };
+      let answer = answers
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or_else(|| "ok".into());
+      *counted.lock().unwrap() += 1;
+      tokio::spawn(async move {
+        // The request head is small; one read takes it.
+        let mut head = [0u8; 4096];
+        let _ = socket.read(&mut head).await;
+        let response = format!(
+          "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+          answer.len()
+        );
+        let _ = socket.write_all(response.as_bytes()).await;
+      });
+    }
+  });
+  (url, hits)
+}
+
+/// A config serving `startup-control.js` with the given control URL, start-up work and limits.
+fn startup_config(name: &str, control: &str, startup_ms: u64, limits: &str) -> PathBuf {
+  scratch_config(
+    name,
+    &format!(
+      "[[workers]]\nname = \"slow-start\"\nmain = {:?}\nvars = {{ CONTROL = {control:?}, STARTUP_MS = \"{startup_ms}\" }}\nlimits = {limits}\n",
+      engine_fixture("startup-control.js").display().to_string()
+    ),
+  )
+}
+
+/// Start-up runs under `startup_ms`, not `cpu_ms`: 60 ms of top-level work starts under a 5 ms
+/// request limit (every time: isolation = "request" starts an isolate per request). The first
+/// event of an isolate may use what start-up left on top of `cpu_ms`, and no more: a handler
+/// busy for 3 s in it is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_has_a_budget_of_its_own_apart_from_the_request_limit() {
+  within(90, async {
+    let (control, hits) = control_server(&[]).await;
+    let config = startup_config(
+      "startup-budget",
+      &control,
+      60,
+      "{ cpu_ms = 5 }\nisolation = \"request\"",
+    );
+    let mut srv = serve(scratch_config_cmd(&config));
+    let c = client();
+    for i in 0..8 {
+      let (status, body) = get_host(&c, &srv, "localhost", "/").await;
+      assert_eq!(
+        (status, body.as_str()),
+        (200, "started 1 (ok)"),
+        "request #{i}"
+      );
+    }
+    // The check at start-up, then one start per request.
+    assert_eq!(*hits.lock().unwrap(), 9);
+    let (status, body) = get_host(&c, &srv, "localhost", "/busy?ms=3000").await;
+    assert_eq!(status, 503, "the first event's credit is bounded: {body:?}");
+    srv
+      .wait_for_log_lines(
+        &["slow-start", "exceeded its CPU time limit of 5 ms"],
+        1,
+        10,
+      )
+      .await;
+    assert!(srv.log_lines_with(&["start-up CPU time limit"]).is_empty());
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+/// A start-up that never ends is stopped by `startup_ms` with a log line of its own, the request
+/// that started it gets a 503, and the next request starts the worker again and is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_loops_is_stopped_and_the_next_request_starts_again() {
+  within(90, async {
+    // The check at start-up passes; the first request's start loops forever.
+    let (control, hits) = control_server(&["ok", "spin"]).await;
+    let config = startup_config(
+      "startup-loop",
+      &control,
+      1,
+      "{ cpu_ms = 5, startup_ms = 200 }",
+    );
+    let mut srv = serve(scratch_config_cmd(&config));
+    let c = client();
+    let (status, body) = deadline(20, "GET / (a start that loops)", async {
+      get_host(&c, &srv, "localhost", "/").await
+    })
+    .await;
+    assert_eq!(status, 503, "{body:?}");
+    srv
+      .wait_for_log_lines(
+        &[
+          "slow-start",
+          "failed to start",
+          "exceeded its start-up CPU time limit of 200 ms",
+        ],
+        1,
+        10,
+      )
+      .await;
+    // Tried again, and this time it starts and stays warm.
+    for _ in 0..3 {
+      let (status, body) = get_host(&c, &srv, "localhost", "/").await;
+      assert_eq!((status, body.as_str()), (200, "started 1 (ok)"));
+    }
+    assert_eq!(*hits.lock().unwrap(), 3);
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+/// `--startup-limit` on the shorthand: a top level that needs more than it fails start-up,
+/// naming the limit and the script; the default start-up budget takes it even under `--cpu-limit 5`,
+/// and requests after the first are held to the 5 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shorthand_startup_limit_flag() {
+  within(60, async {
+    let stderr = serve_fails_within(
+      shorthand_cmd("startup-heavy.js", &["--startup-limit", "50"]),
+      30,
+    );
+    assert!(
+      stderr.contains("startup-heavy.js")
+        && stderr.contains("exceeded its start-up CPU time limit of 50 ms"),
+      "{stderr}"
+    );
+    let mut srv = serve(shorthand_cmd("startup-heavy.js", &["--cpu-limit", "5"]));
+    let c = client();
+    let (status, body) = get_host(&c, &srv, "localhost", "/").await;
+    assert_eq!((status, body.as_str()), (200, "ready"));
+    let (status, body) = get_host(&c, &srv, "localhost", "/busy?ms=40").await;
+    assert_eq!(
+      status, 503,
+      "a later request is held to --cpu-limit: {body:?}"
+    );
+    srv
+      .wait_for_log_lines(
+        &["startup-heavy.js", "exceeded its CPU time limit of 5 ms"],
+        1,
+        10,
+      )
+      .await;
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // The shorthand's flags
 // ---------------------------------------------------------------------------------------------
 
@@ -879,8 +1144,11 @@ async fn shorthand_cpu_limit_flag() {
     }
     srv.stop_cleanly().await;
 
-    // ...but not 5 ms.
+    // ...but not 5 ms (after the isolate's first event, which may also use what start-up
+    // left of its own budget).
     let mut srv = serve(shorthand_cmd("looper.js", &["--cpu-limit", "5"]));
+    let (status, body) = get_host(&c, &srv, "localhost", "/hello").await;
+    assert_eq!((status, body.as_str()), (200, "hello from ?"));
     let (status, body) = get_host(&c, &srv, "localhost", "/busy?ms=25").await;
     assert_eq!(status, 503, "{body:?}");
     // The shorthand's worker is named after its file.
