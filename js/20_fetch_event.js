@@ -5,6 +5,7 @@ import { core, primordials } from "ext:core/mod.js";
 import { event, streams, url as urlNs, webidl } from "ext:runtime/00_web.js";
 import { newServerRequest } from "ext:runtime/13_request.js";
 import { extractResponseParts, Response } from "ext:runtime/14_response.js";
+import { runScheduled } from "ext:runtime/21_scheduled_event.js";
 
 const { op_log, op_respond, op_respond_error, op_respond_stream } = core.ops;
 const {
@@ -126,16 +127,21 @@ function currentRequestContext() {
 }
 
 // Called by the engine after the user's module was evaluated. Returns false
-// when the script has no fetch handler at all.
+// when the script has no handler at all (neither fetch nor scheduled).
 function setHandler(namespace, bindings, limits) {
   env = bindings ?? {};
   subrequestLimit = limits?.subrequests ?? subrequestLimit;
   const exported = namespace?.default;
-  if (exported != null && typeof exported.fetch === "function") {
+  if (
+    exported != null &&
+    (typeof exported.fetch === "function" ||
+      typeof exported.scheduled === "function")
+  ) {
     moduleHandler = exported;
     return true;
   }
-  return listenerCount(globalThis, "fetch") > 0;
+  return listenerCount(globalThis, "fetch") > 0 ||
+    listenerCount(globalThis, "scheduled") > 0;
 }
 
 // An exception thrown by a fetch listener is reported by EventTarget's
@@ -182,15 +188,45 @@ function fail(id, error) {
   op_respond_error(id, error?.stack ?? String(error));
 }
 
-// Entry point from the engine for one request.
-function dispatchFetch(id, method, url, headers, bodyRid) {
+// Entry point from the engine for one request, or for one scheduled event
+// (then `cron` and `scheduledTime` are given, and the run's outcome is the
+// response: 200 once it is over, or its error).
+function dispatchFetch(id, method, url, headers, bodyRid, cron, scheduledTime) {
   const previousContext = core.getAsyncContext();
   core.setAsyncContext(new RequestContext(subrequestLimit));
   try {
-    runHandler(id, method, url, headers, bodyRid);
+    if (cron === undefined) {
+      runHandler(id, method, url, headers, bodyRid);
+    } else {
+      runScheduled(
+        moduleHandler,
+        env,
+        dispatchScheduledListeners,
+        cron,
+        scheduledTime,
+        () => respond(id, new Response("Ran scheduled event")),
+        (error) => fail(id, error),
+      );
+    }
   } finally {
     core.setAsyncContext(previousContext);
   }
+}
+
+function dispatchScheduledListeners(event) {
+  if (listenerCount(globalThis, "scheduled") === 0) {
+    throw new TypeError(
+      'No scheduled handler: addEventListener("scheduled", ...) or export default { scheduled }',
+    );
+  }
+  dispatching = true;
+  listenerError = null;
+  try {
+    EventTargetPrototypeDispatchEvent(globalThis, event);
+  } finally {
+    dispatching = false;
+  }
+  if (listenerError !== null) throw listenerError.error;
 }
 
 function runHandler(id, method, url, headers, bodyRid) {
@@ -199,6 +235,11 @@ function runHandler(id, method, url, headers, bodyRid) {
   try {
     const request = newServerRequest(method, url, headers, body, id);
     if (moduleHandler !== null) {
+      if (typeof moduleHandler.fetch !== "function") {
+        throw new TypeError(
+          "No fetch handler: this worker exports only a scheduled handler",
+        );
+      }
       result = moduleHandler.fetch(
         request,
         env,
@@ -206,6 +247,11 @@ function runHandler(id, method, url, headers, bodyRid) {
       );
     } else {
       const event = new FetchEvent(illegalConstructor, request);
+      if (listenerCount(globalThis, "fetch") === 0) {
+        throw new TypeError(
+          'No fetch handler: this worker listens only for "scheduled" events',
+        );
+      }
       dispatching = true;
       listenerError = null;
       try {

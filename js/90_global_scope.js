@@ -13,6 +13,10 @@ import {
   FetchEvent,
   reportToLog,
 } from "ext:runtime/20_fetch_event.js";
+import {
+  ScheduledController,
+  ScheduledEvent,
+} from "ext:runtime/21_scheduled_event.js";
 import { fetch } from "ext:runtime/30_fetch.js";
 import { getCrypto } from "ext:runtime/40_crypto.js";
 
@@ -293,6 +297,8 @@ const globalScope = {
   Headers: nonEnumerable(Headers),
   Navigator: nonEnumerable(Navigator),
   Request: nonEnumerable(Request),
+  ScheduledController: nonEnumerable(ScheduledController),
+  ScheduledEvent: nonEnumerable(ScheduledEvent),
   Response: nonEnumerable(Response),
   ServiceWorkerGlobalScope: nonEnumerable(ServiceWorkerGlobalScope),
   WorkerGlobalScope: nonEnumerable(WorkerGlobalScope),

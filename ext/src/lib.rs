@@ -40,6 +40,7 @@ deno_core::extension!(
     "13_request.js",
     "14_response.js",
     "20_fetch_event.js",
+    "21_scheduled_event.js",
     "25_wasm_streaming.js",
     "30_fetch.js",
     "40_crypto.js",

@@ -51,6 +51,9 @@ struct WorkerSection {
   isolation: Isolation,
   #[serde(default)]
   limits: LimitsSection,
+  /// Cron triggers: the worker's `scheduled` handler runs at each.
+  #[serde(default)]
+  crons: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -58,6 +61,7 @@ struct WorkerSection {
 struct LimitsSection {
   cpu_ms: Option<u64>,
   startup_ms: Option<u64>,
+  scheduled_cpu_ms: Option<u64>,
   memory_mb: Option<u64>,
   subrequests: Option<u32>,
 }
@@ -83,6 +87,9 @@ pub struct WorkerLimits {
   /// code, top-level `await` included) may use in all, in ms: apart from
   /// `cpu_ms`, as Workers gives start-up a budget of its own.
   pub startup_ms: u64,
+  /// CPU time a scheduled event may use without yielding, in ms (cron work
+  /// gets more than a request, as on Workers).
+  pub scheduled_cpu_ms: u64,
   /// Heap (and ArrayBuffer) memory of the worker's isolate, in MiB.
   pub memory_mb: u64,
   /// `fetch()` calls per request.
@@ -99,6 +106,7 @@ impl Default for WorkerLimits {
     Self {
       cpu_ms: 50,
       startup_ms: Self::DEFAULT_STARTUP_MS,
+      scheduled_cpu_ms: 30_000,
       memory_mb: Self::DEFAULT_MEMORY_MB,
       subrequests: 50,
     }
@@ -116,6 +124,39 @@ pub struct WorkerConfig {
   pub bindings: Vec<(String, String)>,
   pub isolation: Isolation,
   pub limits: WorkerLimits,
+  /// When its `scheduled` handler runs.
+  pub crons: Vec<CronTrigger>,
+}
+
+/// One cron trigger: Workers' five fields (minute hour day-of-month month
+/// day-of-week, in UTC), parsed by `croner`.
+#[derive(Debug, Clone)]
+pub struct CronTrigger {
+  /// As written: what `controller.cron` shows.
+  pub expression: String,
+  pub schedule: croner::Cron,
+}
+
+impl CronTrigger {
+  pub fn parse(expression: &str) -> anyhow::Result<Self> {
+    let schedule = croner::parser::CronParser::builder()
+      .seconds(croner::parser::Seconds::Disallowed)
+      .build()
+      .parse(expression)
+      .map_err(|e| anyhow!("invalid cron expression {expression:?}: {e}"))?;
+    Ok(Self {
+      expression: expression.to_string(),
+      schedule,
+    })
+  }
+
+  /// The first time after `after` that it fires.
+  pub fn next_after(
+    &self,
+    after: chrono::DateTime<chrono::Utc>,
+  ) -> Option<chrono::DateTime<chrono::Utc>> {
+    self.schedule.find_next_occurrence(&after, false).ok()
+  }
 }
 
 #[derive(Debug, Clone)]
@@ -148,7 +189,12 @@ pub const HEAP_CAGE_BUDGET_MB: Option<u64> = match HEAP_CAGE_MB {
 
 impl EngineConfig {
   /// The one-worker shorthand: every request goes to `script`.
-  pub fn single(script: &Path, isolation: Isolation, limits: WorkerLimits) -> anyhow::Result<Self> {
+  pub fn single(
+    script: &Path,
+    isolation: Isolation,
+    limits: WorkerLimits,
+    crons: Vec<CronTrigger>,
+  ) -> anyhow::Result<Self> {
     let main = absolute_script(script, Path::new("."))?;
     // The shorthand's worker is named after its file: log lines are tagged
     // with the script.
@@ -167,6 +213,7 @@ impl EngineConfig {
         bindings: Vec::new(),
         isolation,
         limits,
+        crons,
       }],
     })
   }
@@ -220,12 +267,25 @@ impl EngineConfig {
       let limits = WorkerLimits {
         cpu_ms: w.limits.cpu_ms.unwrap_or(defaults.cpu_ms),
         startup_ms: w.limits.startup_ms.unwrap_or(defaults.startup_ms),
+        scheduled_cpu_ms: w
+          .limits
+          .scheduled_cpu_ms
+          .unwrap_or(defaults.scheduled_cpu_ms),
         memory_mb: w.limits.memory_mb.unwrap_or(defaults.memory_mb),
         subrequests: w.limits.subrequests.unwrap_or(defaults.subrequests),
       };
-      if limits.cpu_ms == 0 || limits.startup_ms == 0 || limits.memory_mb == 0 {
-        bail!("{at}.limits: cpu_ms, startup_ms and memory_mb must be positive");
+      if limits.cpu_ms == 0
+        || limits.startup_ms == 0
+        || limits.scheduled_cpu_ms == 0
+        || limits.memory_mb == 0
+      {
+        bail!("{at}.limits: cpu_ms, startup_ms, scheduled_cpu_ms and memory_mb must be positive");
       }
+      let crons = w
+        .crons
+        .iter()
+        .map(|c| CronTrigger::parse(c).with_context(|| format!("{at}.crons")))
+        .collect::<anyhow::Result<_>>()?;
       check_against_cage(&format!("{at}.limits.memory_mb"), limits.memory_mb)?;
       workers.push(WorkerConfig {
         name: w.name,
@@ -234,6 +294,7 @@ impl EngineConfig {
         bindings,
         isolation: w.isolation,
         limits,
+        crons,
       });
     }
     if let Some(mb) = file.engine.max_memory_mb {

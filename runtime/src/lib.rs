@@ -9,6 +9,7 @@ pub mod limits;
 pub mod loader;
 pub mod pool;
 pub mod routes;
+pub mod scheduled;
 pub mod server;
 pub mod worker;
 pub mod wpt;

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use runtime::config::{EngineConfig, Isolation, WorkerLimits};
 use runtime::server::{serve, Limits, ServeOptions};
@@ -59,6 +60,14 @@ struct ServeArgs {
   /// `request`: a fresh isolate for every request (shorthand only).
   #[arg(long, value_enum, default_value = "isolate")]
   isolation: IsolationArg,
+  /// A cron trigger for the script's scheduled handler, e.g. "*/5 * * * *"
+  /// (UTC; repeatable; shorthand only: a config file sets `crons`).
+  #[arg(long = "cron", value_name = "EXPRESSION")]
+  crons: Vec<String>,
+  /// `GET /__scheduled?cron=...` runs the scheduled handler of the worker
+  /// routed there, as `wrangler dev --test-scheduled` does.
+  #[arg(long)]
+  test_scheduled: bool,
   /// V8 flags for every isolate, as one string (e.g. "--max-lazy"); for
   /// operators tuning or profiling V8, never taken from scripts.
   #[arg(long, value_name = "FLAGS")]
@@ -98,6 +107,11 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
           memory_mb: args.memory_limit.max(1),
           ..WorkerLimits::default()
         },
+        args
+          .crons
+          .iter()
+          .map(|c| runtime::config::CronTrigger::parse(c).context("--cron"))
+          .collect::<anyhow::Result<_>>()?,
       )?
     }
     (None, None) => anyhow::bail!("a script or --config is required"),
@@ -121,6 +135,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
       header_read_timeout: Duration::from_secs(args.header_timeout),
       ..Limits::default()
     },
+    test_scheduled: args.test_scheduled,
   })
 }
 

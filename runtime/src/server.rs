@@ -63,6 +63,9 @@ pub struct ServeOptions {
   pub addr: SocketAddr,
   pub threads: usize,
   pub limits: Limits,
+  /// `GET /__scheduled?cron=...` runs the routed worker's scheduled handler
+  /// (`--test-scheduled`, for development).
+  pub test_scheduled: bool,
 }
 
 /// Checks every worker before serving: its script loads, evaluates and has a
@@ -118,6 +121,7 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
       }
     },
     limits: options.limits,
+    test_scheduled: options.test_scheduled,
   });
 
   let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -135,7 +139,8 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
           .build()
           .expect("tokio runtime");
         let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, serve_thread(listener, shared, ready, shutdown));
+        // Cron triggers fire once per process: the first thread runs them.
+        local.block_on(&rt, serve_thread(listener, shared, ready, shutdown, i == 0));
       })?;
     threads.push(thread);
   }
@@ -183,6 +188,7 @@ struct SharedConfig {
   max_live_per_thread: usize,
   memory_per_thread: MemoryBudget,
   limits: Limits,
+  test_scheduled: bool,
 }
 
 async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
@@ -230,6 +236,7 @@ async fn serve_thread(
   shared: Arc<SharedConfig>,
   ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
   mut shutdown: watch::Receiver<bool>,
+  run_crons: bool,
 ) {
   let listener = match tokio::net::TcpListener::from_std(listener) {
     Ok(l) => l,
@@ -257,6 +264,20 @@ async fn serve_thread(
     local_addr,
   });
   tokio::task::spawn_local(coarse_timer::sweep());
+  let mut cron_tasks = Vec::new();
+  if run_crons {
+    for (index, worker) in ctx.shared.workers.iter().enumerate() {
+      if worker.crons.is_empty() {
+        continue;
+      }
+      let pool_ctx = ctx.clone();
+      cron_tasks.push(tokio::task::spawn_local(crate::scheduled::run_triggers(
+        worker.name.clone(),
+        worker.crons.clone(),
+        move |event| pool_ctx.pool.dispatch(index, event),
+      )));
+    }
+  }
   let budget = ctx.shared.memory_per_thread;
   if budget.total.is_some() || budget.heap.is_some() {
     // Heaps grow between requests too (timers, waitUntil): measured on a
@@ -330,6 +351,9 @@ async fn serve_thread(
     }
   }
   drop(listener);
+  for task in cron_tasks {
+    task.abort();
+  }
   if tokio::time::timeout(limits.shutdown_grace, connections.drain())
     .await
     .is_err()
@@ -364,6 +388,75 @@ async fn is_http2(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
     // those bytes wait, so wait a moment instead of peeking in a spin.
     tokio::time::sleep(Duration::from_millis(1)).await;
   }
+}
+
+/// `GET /__scheduled?cron=...` under `--test-scheduled` (as `wrangler dev
+/// --test-scheduled`): runs the routed worker's scheduled handler now and
+/// answers when the run is over.
+async fn run_scheduled_for_test(
+  ctx: &ThreadContext,
+  worker: usize,
+  query: Option<&str>,
+) -> Response<ResponseBody> {
+  let cron = query
+    .into_iter()
+    .flat_map(|q| q.split('&'))
+    .find_map(|pair| pair.strip_prefix("cron="))
+    .map(percent_decode)
+    .unwrap_or_else(|| "* * * * *".to_string());
+  let now_ms = std::time::SystemTime::now()
+    .duration_since(std::time::UNIX_EPOCH)
+    .map_or(0.0, |d| d.as_millis() as f64);
+  let (event, outcome) = crate::scheduled::event_request(&cron, now_ms);
+  ctx.pool.dispatch(worker, event);
+  let name = &ctx.pool.worker(worker).name;
+  match tokio::time::timeout(
+    ctx.shared.limits.response_timeout,
+    crate::scheduled::outcome_of(outcome),
+  )
+  .await
+  {
+    Ok(Ok(())) => {
+      tracing::info!(worker = %name, %cron, "scheduled run ok (/__scheduled)");
+      plain(StatusCode::OK, "Ran scheduled event")
+    }
+    Ok(Err(error)) => {
+      tracing::error!(worker = %name, %cron, "scheduled run failed (/__scheduled): {error}");
+      let mut response = plain(StatusCode::INTERNAL_SERVER_ERROR, "");
+      *response.body_mut() =
+        ResponseBody::full(Bytes::from(format!("Scheduled event failed: {error}\n")));
+      response
+    }
+    Err(_) => plain(
+      StatusCode::GATEWAY_TIMEOUT,
+      "Gateway Timeout: the scheduled run did not end in time.\n",
+    ),
+  }
+}
+
+/// `%XX` escapes and `+` of a query value (a cron expression's spaces).
+fn percent_decode(value: &str) -> String {
+  let bytes = value.as_bytes();
+  let mut out = Vec::with_capacity(bytes.len());
+  let mut i = 0;
+  while i < bytes.len() {
+    match bytes[i] {
+      b'+' => out.push(b' '),
+      b'%' if i + 2 < bytes.len() => {
+        let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+        match u8::from_str_radix(hex, 16) {
+          Ok(b) => {
+            out.push(b);
+            i += 2;
+          }
+          Err(_) => out.push(b'%'),
+        }
+      }
+      b => out.push(b),
+    }
+    i += 1;
+  }
+  String::from_utf8_lossy(&out).into_owned()
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
@@ -419,6 +512,9 @@ async fn handle(
     return Ok(plain(StatusCode::NOT_FOUND, "No worker is routed here.\n"));
   };
   let worker_name = &ctx.pool.worker(worker).name;
+  if ctx.shared.test_scheduled && parts.uri.path() == "/__scheduled" {
+    return Ok(run_scheduled_for_test(&ctx, worker, parts.uri.query()).await);
+  }
   let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
   let mut url = String::with_capacity(7 + host.len() + path.len());
   url.push_str("http://");
@@ -440,6 +536,7 @@ async fn handle(
     headers: parts.headers,
     body,
     respond,
+    scheduled: None,
   };
   ctx.pool.dispatch(worker, incoming);
   // Most handlers have answered by the time dispatch returns: only a

@@ -34,6 +34,17 @@ pub struct IncomingRequest {
   /// Where the response goes. The server drops the receiver when the
   /// client goes away first, which aborts `request.signal`.
   pub respond: oneshot::Sender<HandlerOutcome>,
+  /// Set for a cron trigger's event: the worker's `scheduled` handler runs
+  /// instead of its fetch handler, and its outcome is the response.
+  pub scheduled: Option<ScheduledEvent>,
+}
+
+/// What a `scheduled` handler is told: `controller.cron` and
+/// `controller.scheduledTime` (ms since the epoch).
+#[derive(Debug, Clone)]
+pub struct ScheduledEvent {
+  pub cron: String,
+  pub scheduled_time_ms: f64,
 }
 
 /// Why a response could not come: nothing left in the isolate can produce it.
@@ -252,6 +263,10 @@ pub struct Worker {
   /// request (compiling what the top level did not run, a schema checked on
   /// first use) is start-up work deferred.
   startup_credit: Duration,
+  /// `limits.scheduled_cpu_ms`, for scheduled events.
+  scheduled_budget: Duration,
+  /// Scheduled events whose outcome has not come yet (their response ids).
+  scheduled_in_flight: Vec<u32>,
   isolate_handle: v8::IsolateHandle,
   poison: Rc<Poison>,
   array_buffers: Arc<ArrayBufferBudget>,
@@ -402,7 +417,7 @@ impl Worker {
           subrequests,
         ) {
           return Err(anyhow!(
-            "{}: no fetch handler: export default {{ fetch(request, env, ctx) }} or call addEventListener(\"fetch\", ...)",
+            "{}: no fetch or scheduled handler: export default {{ fetch(request, env, ctx) }} or call addEventListener(\"fetch\", ...)",
             script.display()
           ));
         }
@@ -427,6 +442,8 @@ impl Worker {
       cpu: ctx.cpu.clone(),
       cpu_budget,
       startup_credit: startup_budget.saturating_sub(startup_spent),
+      scheduled_budget: Duration::from_millis(config.limits.scheduled_cpu_ms),
+      scheduled_in_flight: Vec::new(),
       isolate_handle,
       poison,
       array_buffers,
@@ -446,9 +463,13 @@ impl Worker {
       headers,
       body,
       respond,
+      scheduled,
     } = request;
     let runtime = &mut *self.rt.runtime;
     let id = self.responses.borrow_mut().insert(respond);
+    if scheduled.is_some() {
+      self.scheduled_in_flight.push(id);
+    }
     let body_rid = body.map(|body| {
       runtime
         .op_state()
@@ -458,7 +479,10 @@ impl Worker {
     });
 
     // The first event may also use what start-up left of its budget.
-    let budget = self.cpu_budget + std::mem::take(&mut self.startup_credit);
+    let budget = match scheduled {
+      Some(_) => self.scheduled_budget,
+      None => self.cpu_budget,
+    } + std::mem::take(&mut self.startup_credit);
     let slice = self.cpu.begin(&self.isolate_handle, budget);
     let handles = self.handles.as_ref().expect("live worker");
     v8::scope!(scope, runtime.v8_isolate());
@@ -500,7 +524,18 @@ impl Worker {
     };
     v8::tc_scope!(let scope, scope);
     let undefined = v8::undefined(scope).into();
-    dispatch.call(scope, undefined, &[id_value, method, url, headers, body]);
+    match &scheduled {
+      None => dispatch.call(scope, undefined, &[id_value, method, url, headers, body]),
+      Some(event) => {
+        let cron = v8::String::new(scope, &event.cron).unwrap().into();
+        let time = v8::Number::new(scope, event.scheduled_time_ms).into();
+        dispatch.call(
+          scope,
+          undefined,
+          &[id_value, method, url, headers, body, cron, time],
+        )
+      }
+    };
     if !scope.has_terminated() && scope.exception().is_none() {
       // A handler that answers from a settled promise (any `async fetch`)
       // has its response after the microtasks: run them now, so the
@@ -509,11 +544,12 @@ impl Worker {
     }
     if slice.fired() {
       let previous = self.poison.0.take();
+      let limit = match scheduled {
+        Some(_) => self.scheduled_budget,
+        None => self.cpu_budget,
+      };
       self.poison.0.set(Some(previous.unwrap_or_else(|| {
-        format!(
-          "exceeded its CPU time limit of {} ms",
-          self.cpu_budget.as_millis()
-        )
+        format!("exceeded its CPU time limit of {} ms", limit.as_millis())
       })));
     } else if scope.has_terminated() || self.poison.is_set() || self.array_buffers.exceeded() {
       // A limit stopped the script: the caller fails the request with the
@@ -526,6 +562,23 @@ impl Worker {
         .answer(id, HandlerOutcome::Error(message));
     }
     !self.responses.borrow().is_waiting(id)
+  }
+
+  /// What a turn of the event loop may use: the scheduled events' limit
+  /// while one is still running, else the per-request one.
+  fn turn_budget(&mut self) -> Duration {
+    if self.scheduled_in_flight.is_empty() {
+      return self.cpu_budget;
+    }
+    let responses = self.responses.borrow();
+    self
+      .scheduled_in_flight
+      .retain(|&id| responses.is_waiting(id));
+    if self.scheduled_in_flight.is_empty() {
+      self.cpu_budget
+    } else {
+      self.scheduled_budget
+    }
   }
 
   /// Memory the isolate holds.
@@ -588,7 +641,8 @@ impl Worker {
         }
       }
       let result = {
-        let slice = self.cpu.begin(&self.isolate_handle, self.cpu_budget);
+        let budget = self.turn_budget();
+        let slice = self.cpu.begin(&self.isolate_handle, budget);
         let result = self
           .rt
           .runtime
@@ -596,7 +650,7 @@ impl Worker {
         if slice.fired() {
           self.poison_with(format!(
             "exceeded its CPU time limit of {} ms",
-            self.cpu_budget.as_millis()
+            budget.as_millis()
           ));
         }
         result

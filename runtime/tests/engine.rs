@@ -325,8 +325,9 @@ async fn memory_limit_stops_a_runaway_allocation_and_recycles_the_isolate() {
 
 /// Pointer compression puts every isolate's heap in one 4 GiB cage, and V8 aborts the whole
 /// process when it is full. 36 workers, each allowed 256 MiB and each growing by 8 MiB per request
-/// to 160 MiB (5.6 GiB in sum), and 4 offenders allowed 48 MiB: the engine evicts idle isolates
-/// before the cage fills, so the offenders get 503s, everyone else 200s, a quiet worker answers
+/// to 160 MiB (5.6 GiB in sum), and 4 offenders allowed 48 MiB that ask for 64 MiB at once (so each
+/// is stopped on its first request, whether or not eviction reset it): the engine evicts idle
+/// isolates before the cage fills, so the offenders get 503s, everyone else 200s, a quiet worker answers
 /// throughout, and the process never aborts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_heaps_past_the_pointer_cage_in_sum_never_abort_the_process() {
@@ -356,7 +357,7 @@ async fn many_heaps_past_the_pointer_cage_in_sum_never_abort_the_process() {
       let statuses: Vec<(usize, u16, String)> = futures::stream::iter(0..GROWERS + OFFENDERS)
         .map(|i| {
           let c = c.clone();
-          let url = srv.url("/grow");
+          let url = srv.url(if i < GROWERS { "/grow" } else { "/grow?mib=64" });
           async move {
             let (status, body) = get_url(&c, &url, &format!("g{i}.test")).await;
             (i, status, body)

@@ -76,6 +76,7 @@ fn worker_config(name: String, main: &std::path::Path) -> WorkerConfig {
     bindings: Vec::new(),
     isolation: Isolation::Isolate,
     limits: WorkerLimits::default(),
+    crons: Vec::new(),
   }
 }
 
@@ -90,6 +91,7 @@ async fn request(pool: &IsolatePool, index: usize) {
       headers: http::HeaderMap::new(),
       body: None,
       respond,
+      scheduled: None,
     },
   );
   match response.await {
