@@ -437,7 +437,11 @@ async fn kv_hono_app_counter_and_sessions() {
       let c = client();
       for n in 1..=3 {
         let (status, body) = get_json(&c, &srv.url("/count/visits")).await;
-        assert_eq!((status, body), (200, serde_json::json!({"name": "visits", "count": n})), "{store}");
+        assert_eq!(
+          (status, body),
+          (200, serde_json::json!({"name": "visits", "count": n})),
+          "{store}"
+        );
       }
       let login = c
         .post(srv.url("/login"))
@@ -448,14 +452,32 @@ async fn kv_hono_app_counter_and_sessions() {
       assert_eq!(login.status(), 200);
       let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
       let sid = cookie.split(';').next().unwrap().to_string();
-      let me = c.get(srv.url("/me")).header("cookie", &sid).send().await.unwrap();
+      let me = c
+        .get(srv.url("/me"))
+        .header("cookie", &sid)
+        .send()
+        .await
+        .unwrap();
       assert_eq!(me.status(), 200);
-      assert_eq!(me.json::<Value>().await.unwrap(), serde_json::json!({"user": "ann"}));
+      assert_eq!(
+        me.json::<Value>().await.unwrap(),
+        serde_json::json!({"user": "ann"})
+      );
       let (_, sessions) = get_json(&c, &srv.url("/sessions")).await;
       assert_eq!(sessions, serde_json::json!({"users": ["ann"]}), "{store}");
-      let out = c.post(srv.url("/logout")).header("cookie", &sid).send().await.unwrap();
+      let out = c
+        .post(srv.url("/logout"))
+        .header("cookie", &sid)
+        .send()
+        .await
+        .unwrap();
       assert_eq!(out.status(), 200);
-      let me = c.get(srv.url("/me")).header("cookie", &sid).send().await.unwrap();
+      let me = c
+        .get(srv.url("/me"))
+        .header("cookie", &sid)
+        .send()
+        .await
+        .unwrap();
       assert_eq!(me.status(), 401);
     })
     .await;
