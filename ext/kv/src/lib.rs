@@ -6,8 +6,8 @@
 //! name another's.
 //!
 //! Every operation runs off the isolate thread, on one small tokio runtime
-//! of its own ([`kv_runtime`]): SQLite on its blocking pool, Redis on its
-//! I/O thread.
+//! of its own ([`kv_runtime`]): SQLite on its blocking pool (handed there
+//! straight from the isolate's thread), Redis on its I/O thread.
 
 mod limits;
 pub mod ops;
@@ -164,7 +164,7 @@ impl Namespace {
 
   pub async fn get(&self, keys: Vec<String>) -> Result<Vec<Option<Entry>>, String> {
     match &self.store {
-      Store::Sqlite(s) => on_kv_runtime(sqlite::get(s.clone(), keys)).await,
+      Store::Sqlite(s) => sqlite::get(s.clone(), keys).await,
       Store::Redis(r) => on_kv_runtime(r.clone().get(keys)).await,
     }
   }
@@ -177,16 +177,14 @@ impl Namespace {
     metadata: Option<String>,
   ) -> Result<(), String> {
     match &self.store {
-      Store::Sqlite(s) => {
-        on_kv_runtime(sqlite::put(s.clone(), key, value, expires_ms, metadata)).await
-      }
+      Store::Sqlite(s) => sqlite::put(s.clone(), key, value, expires_ms, metadata).await,
       Store::Redis(r) => on_kv_runtime(r.clone().put(key, value, expires_ms, metadata)).await,
     }
   }
 
   pub async fn delete(&self, key: String) -> Result<(), String> {
     match &self.store {
-      Store::Sqlite(s) => on_kv_runtime(sqlite::delete(s.clone(), key)).await,
+      Store::Sqlite(s) => sqlite::delete(s.clone(), key).await,
       Store::Redis(r) => on_kv_runtime(r.clone().delete(key)).await,
     }
   }
@@ -200,7 +198,7 @@ impl Namespace {
     after: Option<String>,
   ) -> Result<ListPage, String> {
     match &self.store {
-      Store::Sqlite(s) => on_kv_runtime(sqlite::list(s.clone(), prefix, limit, after)).await,
+      Store::Sqlite(s) => sqlite::list(s.clone(), prefix, limit, after).await,
       Store::Redis(r) => on_kv_runtime(r.clone().list(prefix, limit, after)).await,
     }
   }

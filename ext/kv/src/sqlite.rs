@@ -126,10 +126,13 @@ fn spawn_sweeper(store: Weak<SqliteStore>, min_ttl_seconds: u64) {
   });
 }
 
+/// Runs `work` on the KV runtime's blocking pool: one hop from the isolate's
+/// thread.
 async fn blocking<T: Send + 'static>(
   work: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
-  tokio::task::spawn_blocking(work)
+  crate::kv_runtime()
+    .spawn_blocking(work)
     .await
     .map_err(|e| format!("the KV operation failed: {e}"))?
 }
