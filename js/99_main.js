@@ -15,6 +15,7 @@ import { installGlobalScope } from "ext:runtime/90_global_scope.js";
 import { handleWasmStreaming } from "ext:runtime/25_wasm_streaming.js";
 import { hideCryptoInternals } from "ext:runtime/40_crypto.js";
 import { performance } from "ext:runtime/00_web.js";
+import { createKvNamespace } from "ext:runtime/50_kv.js";
 
 const { ReflectDeleteProperty } = primordials;
 const { op_set_wasm_streaming_callback } = core.ops;
@@ -34,7 +35,7 @@ function bootstrap(buildTime = false) {
   ReflectDeleteProperty(globalThis, "__runtimeBootstrap");
   ReflectDeleteProperty(globalThis, "Deno");
   ReflectDeleteProperty(globalThis, "__bootstrap");
-  return [dispatchFetch, setHandler];
+  return [dispatchFetch, setHandler, createKvNamespace];
 }
 
 // Build time: compiles bootstrap (and setTimeOrigin) into the snapshot as

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context as _};
 use serde::Deserialize;
 
+use std::sync::Arc;
+
+use runtime_kv::{Durability, Namespace, NamespaceConfig, StoreSpec};
+
 use crate::routes::RoutePattern;
 
 #[derive(Debug, Deserialize, Default)]
@@ -21,6 +25,28 @@ struct ConfigFile {
   engine: EngineSection,
   #[serde(default)]
   workers: Vec<WorkerSection>,
+  /// KV namespaces by name.
+  #[serde(default)]
+  kv: BTreeMap<String, KvSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KvSection {
+  /// `sqlite:path/to.db` (relative to the config file) or `redis://...`.
+  store: String,
+  min_ttl_seconds: Option<u64>,
+  #[serde(default)]
+  durability: DurabilitySetting,
+}
+
+/// SQLite's `synchronous` setting for a namespace's file.
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum DurabilitySetting {
+  #[default]
+  Normal,
+  Full,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -54,6 +80,9 @@ struct WorkerSection {
   /// Cron triggers: the worker's `scheduled` handler runs at each.
   #[serde(default)]
   crons: Vec<String>,
+  /// KV bindings: binding name -> namespace name.
+  #[serde(default)]
+  kv: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -122,6 +151,9 @@ pub struct WorkerConfig {
   /// Bindings: `vars` and `secrets`, as `env` (module syntax) or globals
   /// (service-worker syntax).
   pub bindings: Vec<(String, String)>,
+  /// KV bindings: binding name and the namespace it reaches, as `env`
+  /// (module syntax) or globals (service-worker syntax).
+  pub kv: Vec<(String, Arc<Namespace>)>,
   pub isolation: Isolation,
   pub limits: WorkerLimits,
   /// When its `scheduled` handler runs.
@@ -188,12 +220,16 @@ pub const HEAP_CAGE_BUDGET_MB: Option<u64> = match HEAP_CAGE_MB {
 };
 
 impl EngineConfig {
-  /// The one-worker shorthand: every request goes to `script`.
+  /// The one-worker shorthand: every request goes to `script`. Each of
+  /// `kv` is a binding to a SQLite namespace of its name in
+  /// `state_dir/kv/NAME.sqlite`.
   pub fn single(
     script: &Path,
     isolation: Isolation,
     limits: WorkerLimits,
     crons: Vec<CronTrigger>,
+    kv: &[String],
+    state_dir: &Path,
   ) -> anyhow::Result<Self> {
     let main = absolute_script(script, Path::new("."))?;
     // The shorthand's worker is named after its file: log lines are tagged
@@ -202,6 +238,22 @@ impl EngineConfig {
       .file_name()
       .map(|n| n.to_string_lossy().into_owned())
       .unwrap_or_else(|| "worker".into());
+    let mut bindings = Vec::new();
+    for binding in kv {
+      check_binding_name(binding).with_context(|| format!("--kv {binding}"))?;
+      if bindings.iter().any(|(b, _)| b == binding) {
+        bail!("--kv {binding}: given twice");
+      }
+      let path = state_dir.join("kv").join(format!("{binding}.sqlite"));
+      let namespace = Namespace::open(&NamespaceConfig {
+        name: binding.clone(),
+        store: StoreSpec::Sqlite(std::path::absolute(&path)?),
+        min_ttl_seconds: runtime_kv::DEFAULT_MIN_TTL_SECONDS,
+        durability: Durability::Normal,
+      })
+      .map_err(|e| anyhow!("--kv {binding}: {e}"))?;
+      bindings.push((binding.clone(), namespace));
+    }
     Ok(Self {
       listen: None,
       max_isolates: DEFAULT_MAX_ISOLATES,
@@ -211,6 +263,7 @@ impl EngineConfig {
         main,
         routes: vec![RoutePattern::parse("*/*")?],
         bindings: Vec::new(),
+        kv: bindings,
         isolation,
         limits,
         crons,
@@ -237,6 +290,37 @@ impl EngineConfig {
     if file.workers.is_empty() {
       bail!("{}: no [[workers]] defined", path.display());
     }
+    let mut namespaces = BTreeMap::new();
+    let mut sqlite_files: BTreeMap<PathBuf, String> = BTreeMap::new();
+    for (name, section) in &file.kv {
+      let at = format!("{}: kv.{name}", path.display());
+      let store = StoreSpec::parse(&section.store, base).map_err(|e| anyhow!("{at}.store: {e}"))?;
+      if let StoreSpec::Sqlite(file) = &store {
+        if let Some(other) = sqlite_files.insert(file.clone(), name.clone()) {
+          bail!(
+            "{at}.store: {} is already the store of kv.{other}",
+            file.display()
+          );
+        }
+      }
+      let min_ttl_seconds = section
+        .min_ttl_seconds
+        .unwrap_or(runtime_kv::DEFAULT_MIN_TTL_SECONDS);
+      if min_ttl_seconds == 0 {
+        bail!("{at}.min_ttl_seconds must be at least 1");
+      }
+      let namespace = Namespace::open(&NamespaceConfig {
+        name: name.clone(),
+        store,
+        min_ttl_seconds,
+        durability: match section.durability {
+          DurabilitySetting::Normal => Durability::Normal,
+          DurabilitySetting::Full => Durability::Full,
+        },
+      })
+      .map_err(|e| anyhow!("{at}: {e}"))?;
+      namespaces.insert(name.clone(), namespace);
+    }
     let mut names = std::collections::HashSet::new();
     let mut workers = Vec::new();
     for (i, w) in file.workers.into_iter().enumerate() {
@@ -262,6 +346,19 @@ impl EngineConfig {
           anyhow!("{at}.secrets: {secret} is not set in the runtime's environment")
         })?;
         bindings.push((secret.clone(), value));
+      }
+      let mut kv = Vec::new();
+      for (binding, namespace) in &w.kv {
+        check_binding_name(binding).with_context(|| format!("{at}.kv"))?;
+        if bindings.iter().any(|(name, _)| name == binding) {
+          bail!("{at}.kv: {binding} is also a var or secret");
+        }
+        let namespace = namespaces.get(namespace).ok_or_else(|| {
+          anyhow!(
+            "{at}.kv.{binding}: no KV namespace {namespace:?} ([kv.{namespace}] is not defined)"
+          )
+        })?;
+        kv.push((binding.clone(), namespace.clone()));
       }
       let defaults = WorkerLimits::default();
       let limits = WorkerLimits {
@@ -292,6 +389,7 @@ impl EngineConfig {
         main,
         routes,
         bindings,
+        kv,
         isolation: w.isolation,
         limits,
         crons,
@@ -323,6 +421,19 @@ pub fn check_against_cage(what: &str, mb: u64) -> anyhow::Result<()> {
     ),
     _ => Ok(()),
   }
+}
+
+/// A binding is a JavaScript identifier (a global, in service-worker syntax).
+fn check_binding_name(name: &str) -> anyhow::Result<()> {
+  let mut chars = name.chars();
+  let valid = chars
+    .next()
+    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
+    && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+  if !valid {
+    bail!("binding name {name:?} is not a JavaScript identifier");
+  }
+  Ok(())
 }
 
 fn absolute_script(script: &Path, base: &Path) -> anyhow::Result<PathBuf> {

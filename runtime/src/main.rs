@@ -72,6 +72,13 @@ struct ServeArgs {
   /// operators tuning or profiling V8, never taken from scripts.
   #[arg(long, value_name = "FLAGS")]
   v8_flags: Option<String>,
+  /// A KV namespace binding (repeatable), kept in SQLite at
+  /// STATE_DIR/kv/NAME.sqlite (shorthand only).
+  #[arg(long = "kv", value_name = "NAME", conflicts_with = "config")]
+  kv: Vec<String>,
+  /// Where the shorthand keeps local state (KV namespaces).
+  #[arg(long, default_value = ".runtime-state", conflicts_with = "config")]
+  state_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -112,6 +119,8 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
           .iter()
           .map(|c| runtime::config::CronTrigger::parse(c).context("--cron"))
           .collect::<anyhow::Result<_>>()?,
+        &args.kv,
+        &args.state_dir,
       )?
     }
     (None, None) => anyhow::bail!("a script or --config is required"),

@@ -18,6 +18,7 @@ use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOpt
 use http::HeaderMap;
 use runtime_ext::console::ScriptName;
 use runtime_ext::http::{HandlerOutcome, RequestBody, RequestBodyResource, SharedResponses};
+use runtime_kv::KvBindings;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::WorkerConfig;
@@ -354,15 +355,22 @@ impl Worker {
       loader,
       dispatch,
       set_handler,
+      create_kv,
       handle: isolate_handle,
       array_buffers,
     } = spare;
     loader.set_root(root);
     rt.with(|runtime| {
-      runtime
-        .op_state()
-        .borrow_mut()
-        .put(ScriptName(config.name.clone()));
+      {
+        let state = runtime.op_state();
+        let mut state = state.borrow_mut();
+        state.put(ScriptName(config.name.clone()));
+        // The namespaces bound to this worker, and only those: its KV
+        // bindings index this list.
+        state.put(KvBindings(
+          config.kv.iter().map(|(_, ns)| ns.clone()).collect(),
+        ));
+      }
       let on_oom = isolate_handle.clone();
       let poison = poison.clone();
       let limit_mb = config.limits.memory_mb;
@@ -379,7 +387,8 @@ impl Worker {
 
     let specifier = ModuleSpecifier::from_file_path(script)
       .map_err(|_| anyhow!("invalid script path {}", script.display()))?;
-    let bindings = &config.bindings;
+    let bindings = rt.with(|runtime| binding_values(runtime, config, &create_kv))?;
+    let bindings = &bindings;
     let subrequests = config.limits.subrequests;
     let isolate = rt.isolate();
     let cpu = ctx.cpu.clone();
@@ -876,6 +885,8 @@ struct SpareIsolate {
   loader: Rc<ScriptLoader>,
   dispatch: v8::Global<v8::Function>,
   set_handler: v8::Global<v8::Function>,
+  /// `createKvNamespace(index)`: a KV binding's object.
+  create_kv: v8::Global<v8::Function>,
   handle: v8::IsolateHandle,
   array_buffers: Arc<ArrayBufferBudget>,
 }
@@ -894,14 +905,16 @@ impl SpareIsolate {
     let loader = Rc::new(ScriptLoader::new(Default::default()));
     let max_heap = (memory_mb as usize).saturating_mul(1024 * 1024);
     let (options, budget) = runtime_options(loader.clone(), Some(max_heap));
-    let (rt, (dispatch, set_handler, handle)) = IsolateRuntime::new(options, |runtime| {
-      let [dispatch, set_handler] = prepare(runtime, "")?;
-      Ok((
-        dispatch,
-        set_handler,
-        runtime.v8_isolate().thread_safe_handle(),
-      ))
-    })?;
+    let (rt, (dispatch, set_handler, create_kv, handle)) =
+      IsolateRuntime::new(options, |runtime| {
+        let [dispatch, set_handler, create_kv] = prepare(runtime, "")?;
+        Ok((
+          dispatch,
+          set_handler,
+          create_kv,
+          runtime.v8_isolate().thread_safe_handle(),
+        ))
+      })?;
     let array_buffers = budget.expect("a budget for a limited isolate");
     array_buffers.watch(handle.clone());
     Ok(Self {
@@ -909,6 +922,7 @@ impl SpareIsolate {
       loader,
       dispatch,
       set_handler,
+      create_kv,
       handle,
       array_buffers,
     })
@@ -1020,14 +1034,14 @@ pub fn new_isolate(
   script_name: &str,
 ) -> anyhow::Result<(JsRuntime, [v8::Global<v8::Function>; 2])> {
   let mut runtime = JsRuntime::try_new(runtime_options(loader, None).0)?;
-  let entry_points = prepare(&mut runtime, script_name)?;
-  Ok((runtime, entry_points))
+  let [dispatch, set_handler, _create_kv] = prepare(&mut runtime, script_name)?;
+  Ok((runtime, [dispatch, set_handler]))
 }
 
 fn prepare(
   runtime: &mut JsRuntime,
   script_name: &str,
-) -> anyhow::Result<[v8::Global<v8::Function>; 2]> {
+) -> anyhow::Result<[v8::Global<v8::Function>; 3]> {
   {
     let state = runtime.op_state();
     let mut state = state.borrow_mut();
@@ -1038,8 +1052,9 @@ fn prepare(
 }
 
 /// Calls the snapshot's bootstrap, which scrubs engine internals from the
-/// global scope and hands back `[dispatchFetch, setHandler]`.
-fn bootstrap(runtime: &mut JsRuntime) -> anyhow::Result<[v8::Global<v8::Function>; 2]> {
+/// global scope and hands back `[dispatchFetch, setHandler,
+/// createKvNamespace]`.
+fn bootstrap(runtime: &mut JsRuntime) -> anyhow::Result<[v8::Global<v8::Function>; 3]> {
   deno_core::scope!(scope, runtime);
   let context = scope.get_current_context();
   let global = context.global(scope);
@@ -1060,7 +1075,7 @@ fn bootstrap(runtime: &mut JsRuntime) -> anyhow::Result<[v8::Global<v8::Function
       .ok_or_else(|| anyhow!("bootstrap returned no function {i}"))?;
     Ok(v8::Global::new(scope, f))
   };
-  Ok([get(0)?, get(1)?])
+  Ok([get(0)?, get(1)?, get(2)?])
 }
 
 /// Evaluates a loaded module, driving the event loop until its top-level
@@ -1174,21 +1189,53 @@ fn exports_default(runtime: &mut JsRuntime, namespace: &v8::Global<v8::Object>) 
   })
 }
 
+/// A worker's bindings as JavaScript values, by name: its vars and
+/// secrets as strings, its KV namespaces as `KVNamespace` objects (made by
+/// the snapshot's `createKvNamespace` from their index in the worker's
+/// [`KvBindings`]).
+type BindingValues = Vec<(String, v8::Global<v8::Value>)>;
+
+fn binding_values(
+  runtime: &mut JsRuntime,
+  config: &WorkerConfig,
+  create_kv: &v8::Global<v8::Function>,
+) -> anyhow::Result<BindingValues> {
+  deno_core::scope!(scope, runtime);
+  let mut values = Vec::with_capacity(config.bindings.len() + config.kv.len());
+  for (key, value) in &config.bindings {
+    let v = v8::String::new(scope, value).unwrap();
+    values.push((
+      key.clone(),
+      v8::Global::new(scope, v8::Local::<v8::Value>::from(v)),
+    ));
+  }
+  let create_kv = v8::Local::new(scope, create_kv);
+  let undefined = v8::undefined(scope);
+  for (i, (name, _)) in config.kv.iter().enumerate() {
+    let index = v8::Integer::new_from_unsigned(scope, i as u32);
+    let object = create_kv
+      .call(scope, undefined.into(), &[index.into()])
+      .ok_or_else(|| anyhow!("KV binding {name}: could not be made"))?;
+    values.push((name.clone(), v8::Global::new(scope, object)));
+  }
+  Ok(values)
+}
+
 fn bindings_object<'s>(
   scope: &mut v8::PinScope<'s, '_>,
-  bindings: &[(String, String)],
+  bindings: &BindingValues,
 ) -> v8::Local<'s, v8::Object> {
   let env = v8::Object::new(scope);
   for (key, value) in bindings {
     let k = v8::String::new(scope, key).unwrap();
-    let v = v8::String::new(scope, value).unwrap();
-    env.set(scope, k.into(), v.into());
+    let v = v8::Local::new(scope, value);
+    env.set(scope, k.into(), v);
   }
   env
 }
 
 /// Defines (or, with `define` false, deletes) the bindings as globals.
-fn define_globals(runtime: &mut JsRuntime, bindings: &[(String, String)], define: bool) {
+fn define_globals(runtime: &mut JsRuntime, bindings: &BindingValues, define: bool) {
   if bindings.is_empty() {
     return;
   }
@@ -1197,8 +1244,8 @@ fn define_globals(runtime: &mut JsRuntime, bindings: &[(String, String)], define
   for (key, value) in bindings {
     let k = v8::String::new(scope, key).unwrap();
     if define {
-      let v = v8::String::new(scope, value).unwrap();
-      global.set(scope, k.into(), v.into());
+      let v = v8::Local::new(scope, value);
+      global.set(scope, k.into(), v);
     } else {
       global.delete(scope, k.into());
     }
@@ -1209,7 +1256,7 @@ fn set_handler_call(
   runtime: &mut JsRuntime,
   set_handler: &v8::Global<v8::Function>,
   namespace: &v8::Global<v8::Object>,
-  bindings: &[(String, String)],
+  bindings: &BindingValues,
   module_syntax: bool,
   subrequests: u32,
 ) -> bool {
