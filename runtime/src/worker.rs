@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions};
 use http::HeaderMap;
+use runtime_ext::cache::CacheScope;
 use runtime_ext::console::ScriptName;
 use runtime_ext::http::{HandlerOutcome, RequestBody, RequestBodyResource, SharedResponses};
 use tokio::sync::{mpsc, oneshot};
@@ -334,6 +335,12 @@ impl Worker {
         .op_state()
         .borrow_mut()
         .put(ScriptName(config.name.clone()));
+      runtime.op_state().borrow_mut().put(
+        config
+          .cache
+          .clone()
+          .unwrap_or_else(|| CacheScope::process_default(&config.name)),
+      );
       let on_oom = isolate_handle.clone();
       let poison = poison.clone();
       let limit_mb = config.limits.memory_mb;

@@ -74,6 +74,7 @@ fn worker_config(name: String, main: &std::path::Path) -> WorkerConfig {
     bindings: Vec::new(),
     isolation: Isolation::Isolate,
     limits: WorkerLimits::default(),
+    cache: None,
   }
 }
 
