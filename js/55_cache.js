@@ -6,7 +6,7 @@
 // response. The rules and the stores are Rust's (ext/src/cache.rs): this
 // file turns Requests and Responses into what the ops take, streams a
 // response body into the cache chunk by chunk, and gives back a Response
-// whose body is a stream over the stored bytes.
+// whose body is a stream over the stored bytes (bytes up to 64 KiB, whole).
 //
 // Which caches a script reaches is the engine's business (its worker's
 // namespace, set in the isolate's state): nothing here names one.
@@ -82,14 +82,17 @@ function responseFromHead(head) {
   for (let i = 0; i < list.length; i += 2) {
     ArrayPrototypePush(pairs, [list[i], list[i + 1]]);
   }
+  let nullBody = false;
+  for (let i = 0; i < NULL_BODY_STATUS.length; i++) {
+    if (NULL_BODY_STATUS[i] === head.status) nullBody = true;
+  }
   let body = null;
   if (head.bodyRid !== null) {
-    let nullBody = false;
-    for (let i = 0; i < NULL_BODY_STATUS.length; i++) {
-      if (NULL_BODY_STATUS[i] === head.status) nullBody = true;
-    }
     if (nullBody) core.tryClose(head.bodyRid);
     else body = readableStreamForRid(head.bodyRid);
+  } else if (head.body !== null && !nullBody) {
+    // A small body, whole: the Response's stream reads it in one chunk.
+    body = head.body;
   }
   return new Response(body, {
     status: head.status,

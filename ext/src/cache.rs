@@ -11,7 +11,7 @@
 //!
 //! Bodies go in chunk by chunk (`op_cache_put_chunk`, copied into a Rust
 //! buffer, never joined in the isolate) and come out as a stream over a
-//! resource holding the stored bytes.
+//! resource holding the stored bytes (up to 64 KiB, in one piece).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use deno_core::convert::{ByteString, OptionNull};
+use deno_core::convert::{ByteString, OptionNull, Uint8Array};
 use deno_core::{op2, AsyncResult, BufView, OpState, Resource, ResourceId, ToV8};
 use deno_error::JsErrorBox;
 
@@ -681,11 +681,19 @@ pub async fn op_cache_put_commit(
     .map_err(backend_error)
 }
 
+/// Bodies up to this size come out of `match` in one piece (a Uint8Array
+/// the Response is made of, which the server then sends with its head in
+/// one write); larger ones as a stream over a resource, chunk by chunk.
+const INLINE_BODY: usize = 64 * 1024;
+
 #[derive(ToV8)]
 pub struct CachedResponse {
   status: u16,
   status_text: ByteString,
   headers: Vec<ByteString>,
+  /// A small body, whole.
+  body: OptionNull<Uint8Array>,
+  /// A large body's resource.
   body_rid: OptionNull<u32>,
 }
 
@@ -714,15 +722,21 @@ pub async fn op_cache_match(
     headers.push(ByteString::from(n.as_str()));
     headers.push(to_bytes(v));
   }
-  let body_rid = answer.body.map(|data| {
-    state.borrow_mut().resource_table.add(CachedBodyResource {
-      data: RefCell::new(data),
-    })
-  });
+  let (mut body, mut body_rid) = (None, None);
+  match answer.body {
+    Some(data) if data.len() <= INLINE_BODY => body = Some(Uint8Array::from(data.to_vec())),
+    Some(data) => {
+      body_rid = Some(state.borrow_mut().resource_table.add(CachedBodyResource {
+        data: RefCell::new(data),
+      }))
+    }
+    None => {}
+  }
   Ok(Some(CachedResponse {
     status: answer.status,
     status_text: to_bytes(&answer.status_text),
     headers,
+    body: body.into(),
     body_rid: body_rid.into(),
   }))
 }
