@@ -19,6 +19,7 @@ import {
 } from "ext:runtime/21_scheduled_event.js";
 import { fetch } from "ext:runtime/30_fetch.js";
 import { getCrypto } from "ext:runtime/40_crypto.js";
+import { Cache, caches, CacheStorage } from "ext:runtime/55_cache.js";
 
 const {
   ArrayBuffer,
@@ -291,6 +292,8 @@ const globalScope = {
   CryptoKey: nonEnumerable(web.crypto.CryptoKey),
   SubtleCrypto: nonEnumerable(web.crypto.SubtleCrypto),
   // ours
+  Cache: nonEnumerable(Cache),
+  CacheStorage: nonEnumerable(CacheStorage),
   ExecutionContext: nonEnumerable(ExecutionContext),
   FetchEvent: nonEnumerable(FetchEvent),
   FormData: nonEnumerable(FormData),
@@ -305,6 +308,7 @@ const globalScope = {
   // functions and attributes
   atob: enumerable(web.base64.atob),
   btoa: enumerable(web.base64.btoa),
+  caches: getter(() => caches),
   clearInterval: enumerable(web.timers.clearInterval),
   clearTimeout: enumerable(web.timers.clearTimeout),
   console: nonEnumerable(new web.consoleNs.Console(printer)),

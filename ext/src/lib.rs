@@ -3,6 +3,8 @@
 //! startup snapshot.
 
 pub mod body;
+pub mod cache;
+pub mod cache_memory;
 pub mod console;
 pub mod crypto;
 pub mod fetch;
@@ -19,6 +21,17 @@ deno_core::extension!(
   deps = [deno_webidl, deno_web, deno_crypto],
   ops = [
     console::op_log,
+    cache::op_cache_put_begin,
+    cache::op_cache_put_chunk,
+    cache::op_cache_put_abort,
+    cache::op_cache_put_commit,
+    cache::op_cache_match,
+    cache::op_cache_delete,
+    cache::op_cache_keys,
+    cache::op_caches_open,
+    cache::op_caches_has,
+    cache::op_caches_delete,
+    cache::op_caches_keys,
     crypto::op_runtime_aes_gcm,
     http::op_respond,
     http::op_respond_stream,
@@ -50,6 +63,7 @@ deno_core::extension!(
     "30_fetch.js",
     "40_crypto.js",
     "50_kv.js",
+    "55_cache.js",
     "90_global_scope.js",
     "99_main.js",
   ],

@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 use std::sync::Arc;
 
+use runtime_cache::CacheSettings;
+use runtime_ext::cache::CacheScope;
 use runtime_kv::{Durability, Namespace, NamespaceConfig, StoreSpec};
 
 use crate::routes::RoutePattern;
@@ -23,6 +25,8 @@ struct ConfigFile {
   server: ServerSection,
   #[serde(default)]
   engine: EngineSection,
+  #[serde(default)]
+  cache: CacheSection,
   #[serde(default)]
   workers: Vec<WorkerSection>,
   /// KV namespaces by name.
@@ -47,6 +51,15 @@ enum DurabilitySetting {
   #[default]
   Normal,
   Full,
+}
+
+/// `[cache]`: the Cache API's store.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CacheSection {
+  memory_mb: Option<u64>,
+  store: Option<String>,
+  shared: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -158,6 +171,9 @@ pub struct WorkerConfig {
   pub limits: WorkerLimits,
   /// When its `scheduled` handler runs.
   pub crons: Vec<CronTrigger>,
+  /// The caches the worker reaches (set by `EngineConfig::open_cache`; a
+  /// process-wide in-process store when unset).
+  pub cache: Option<CacheScope>,
 }
 
 /// One cron trigger: Workers' five fields (minute hour day-of-month month
@@ -196,6 +212,7 @@ pub struct EngineConfig {
   pub listen: Option<SocketAddr>,
   pub max_isolates: usize,
   pub max_memory_mb: Option<u64>,
+  pub cache: CacheSettings,
   pub workers: Vec<WorkerConfig>,
 }
 
@@ -258,6 +275,7 @@ impl EngineConfig {
       listen: None,
       max_isolates: DEFAULT_MAX_ISOLATES,
       max_memory_mb: None,
+      cache: CacheSettings::default(),
       workers: vec![WorkerConfig {
         name,
         main,
@@ -267,6 +285,7 @@ impl EngineConfig {
         isolation,
         limits,
         crons,
+        cache: None,
       }],
     })
   }
@@ -393,6 +412,7 @@ impl EngineConfig {
         isolation: w.isolation,
         limits,
         crons,
+        cache: None,
       });
     }
     if let Some(mb) = file.engine.max_memory_mb {
@@ -406,8 +426,47 @@ impl EngineConfig {
         .unwrap_or(DEFAULT_MAX_ISOLATES)
         .max(1),
       max_memory_mb: file.engine.max_memory_mb,
+      cache: {
+        let defaults = CacheSettings::default();
+        let memory_mb = file.cache.memory_mb.unwrap_or(defaults.memory_mb);
+        if memory_mb == 0 {
+          bail!("{}: cache.memory_mb must be positive", path.display());
+        }
+        if let Some(store) = &file.cache.store {
+          if !store.starts_with("redis://") && !store.starts_with("redis+unix://") {
+            bail!(
+              "{}: cache.store: {store:?} is not a redis:// URL (leave it out for the in-process store)",
+              path.display()
+            );
+          }
+        }
+        CacheSettings {
+          memory_mb,
+          store: file.cache.store,
+          shared: file.cache.shared.unwrap_or(defaults.shared),
+        }
+      },
       workers,
     })
+  }
+
+  /// Opens the Cache API's store (once per process: every server thread
+  /// shares it) and gives each worker its scope: its own namespace (its
+  /// name), or the shared one with `[cache] shared = true`.
+  pub fn open_cache(&mut self) -> anyhow::Result<()> {
+    let backend = runtime_cache::open_store(&self.cache).map_err(|e| anyhow!(e))?;
+    for worker in &mut self.workers {
+      let namespace: &str = if self.cache.shared {
+        runtime_ext::cache::SHARED_NAMESPACE
+      } else {
+        &worker.name
+      };
+      worker.cache = Some(CacheScope {
+        backend: backend.clone(),
+        namespace: namespace.into(),
+      });
+    }
+    Ok(())
   }
 }
 

@@ -86,7 +86,8 @@ fn validate_workers(workers: &[WorkerConfig]) -> anyhow::Result<()> {
 
 /// Serves the configured workers until SIGINT or SIGTERM, then finishes the
 /// requests in flight and returns.
-pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
+pub fn serve(mut options: ServeOptions) -> anyhow::Result<()> {
+  options.config.open_cache()?;
   crate::worker::anchor_read_only_heap()?;
   validate_workers(&options.config.workers)?;
   let first = bind_reuseport(options.addr)?;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions};
 use http::HeaderMap;
+use runtime_ext::cache::CacheScope;
 use runtime_ext::console::ScriptName;
 use runtime_ext::http::{HandlerOutcome, RequestBody, RequestBodyResource, SharedResponses};
 use runtime_kv::KvBindings;
@@ -370,6 +371,12 @@ impl Worker {
         state.put(KvBindings(
           config.kv.iter().map(|(_, ns)| ns.clone()).collect(),
         ));
+        state.put(
+          config
+            .cache
+            .clone()
+            .unwrap_or_else(|| CacheScope::process_default(&config.name)),
+        );
       }
       let on_oom = isolate_handle.clone();
       let poison = poison.clone();

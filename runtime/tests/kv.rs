@@ -5,14 +5,12 @@
 //! the one-script shorthand `--kv`.
 
 mod common;
-#[path = "common/redis.rs"]
-mod redis;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use redis::Redis;
+use common::redis::Redis;
 use serde_json::Value;
 
 /// A config serving tests/fixtures/kv/api.js with `env.KV` bound to a namespace on `store`

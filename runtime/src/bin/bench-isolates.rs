@@ -78,6 +78,7 @@ fn worker_config(name: String, main: &std::path::Path) -> WorkerConfig {
     isolation: Isolation::Isolate,
     limits: WorkerLimits::default(),
     crons: Vec::new(),
+    cache: None,
   }
 }
 
