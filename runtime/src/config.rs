@@ -164,6 +164,9 @@ pub struct WorkerConfig {
   /// Bindings: `vars` and `secrets`, as `env` (module syntax) or globals
   /// (service-worker syntax).
   pub bindings: Vec<(String, String)>,
+  /// Bindings whose values are JSON (wrangler's non-string `vars`): the
+  /// script sees the parsed value.
+  pub json_bindings: Vec<(String, String)>,
   /// KV bindings: binding name and the namespace it reaches, as `env`
   /// (module syntax) or globals (service-worker syntax).
   pub kv: Vec<(String, Arc<Namespace>)>,
@@ -281,6 +284,7 @@ impl EngineConfig {
         main,
         routes: vec![RoutePattern::parse("*/*")?],
         bindings: Vec::new(),
+        json_bindings: Vec::new(),
         kv: bindings,
         isolation,
         limits,
@@ -408,6 +412,7 @@ impl EngineConfig {
         main,
         routes,
         bindings,
+        json_bindings: Vec::new(),
         kv,
         isolation: w.isolation,
         limits,
@@ -483,7 +488,7 @@ pub fn check_against_cage(what: &str, mb: u64) -> anyhow::Result<()> {
 }
 
 /// A binding is a JavaScript identifier (a global, in service-worker syntax).
-fn check_binding_name(name: &str) -> anyhow::Result<()> {
+pub(crate) fn check_binding_name(name: &str) -> anyhow::Result<()> {
   let mut chars = name.chars();
   let valid = chars
     .next()
@@ -495,7 +500,7 @@ fn check_binding_name(name: &str) -> anyhow::Result<()> {
   Ok(())
 }
 
-fn absolute_script(script: &Path, base: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn absolute_script(script: &Path, base: &Path) -> anyhow::Result<PathBuf> {
   let joined = if script.is_absolute() {
     script.to_path_buf()
   } else {

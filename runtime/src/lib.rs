@@ -13,3 +13,4 @@ pub mod scheduled;
 pub mod server;
 pub mod worker;
 pub mod wpt;
+pub mod wrangler;

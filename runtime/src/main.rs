@@ -1,5 +1,5 @@
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -29,12 +29,18 @@ enum Command {
 struct ServeArgs {
   /// The script: an ES module with `export default { fetch }` or a service
   /// worker calling `addEventListener("fetch", ...)`. The one-worker
-  /// shorthand of a config file.
-  #[arg(required_unless_present = "config", conflicts_with = "config")]
+  /// shorthand of a config file. Without a script or --config, the
+  /// project in the current folder: wrangler.json, wrangler.jsonc,
+  /// wrangler.toml, then runtime.toml.
+  #[arg(conflicts_with = "config")]
   script: Option<PathBuf>,
-  /// Serve the workers of this config file (runtime.toml) instead.
+  /// Serve the workers of this config file instead: runtime.toml, or a
+  /// Workers project's wrangler.toml / wrangler.json / wrangler.jsonc.
   #[arg(long)]
   config: Option<PathBuf>,
+  /// The [env.NAME] section of a wrangler project to serve.
+  #[arg(long, value_name = "NAME")]
+  env: Option<String>,
   /// Port to listen on (0 picks a free one) [default: 8080].
   #[arg(long)]
   port: Option<u16>,
@@ -76,8 +82,9 @@ struct ServeArgs {
   /// STATE_DIR/kv/NAME.sqlite (shorthand only).
   #[arg(long = "kv", value_name = "NAME", conflicts_with = "config")]
   kv: Vec<String>,
-  /// Where the shorthand keeps local state (KV namespaces).
-  #[arg(long, default_value = ".runtime-state", conflicts_with = "config")]
+  /// Where the shorthand and wrangler projects keep local state (KV
+  /// namespaces).
+  #[arg(long, default_value = ".runtime-state")]
   state_dir: PathBuf,
 }
 
@@ -98,7 +105,31 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
       anyhow::bail!("--v8-flags: V8 does not know {}", unknown[1..].join(" "));
     }
   }
-  let config = match (&args.config, &args.script) {
+  let config_file = match (&args.config, &args.script) {
+    (None, None) => Some(
+      runtime::wrangler::find_config(Path::new(".")).ok_or_else(|| {
+        anyhow::anyhow!(
+          "a script or --config is required (no wrangler.json, wrangler.jsonc, wrangler.toml or runtime.toml in the current folder)"
+        )
+      })?,
+    ),
+    (config, _) => config.clone(),
+  };
+  if args.env.is_some()
+    && !config_file
+      .as_deref()
+      .is_some_and(runtime::wrangler::is_wrangler_file)
+  {
+    anyhow::bail!("--env selects an [env.NAME] of a wrangler project (wrangler.toml, wrangler.json or wrangler.jsonc)");
+  }
+  let config = match (&config_file, &args.script) {
+    (Some(path), _) if runtime::wrangler::is_wrangler_file(path) => runtime::wrangler::load(
+      path,
+      &runtime::wrangler::ProjectOptions {
+        env: args.env.as_deref(),
+        state_dir: &args.state_dir,
+      },
+    )?,
     (Some(path), _) => EngineConfig::load(path, |key| std::env::var(key).ok())?,
     (None, Some(script)) => {
       runtime::config::check_against_cage("--memory-limit", args.memory_limit)?;

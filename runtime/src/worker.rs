@@ -1208,13 +1208,20 @@ fn binding_values(
   create_kv: &v8::Global<v8::Function>,
 ) -> anyhow::Result<BindingValues> {
   deno_core::scope!(scope, runtime);
-  let mut values = Vec::with_capacity(config.bindings.len() + config.kv.len());
+  let mut values =
+    Vec::with_capacity(config.bindings.len() + config.json_bindings.len() + config.kv.len());
   for (key, value) in &config.bindings {
     let v = v8::String::new(scope, value).unwrap();
     values.push((
       key.clone(),
       v8::Global::new(scope, v8::Local::<v8::Value>::from(v)),
     ));
+  }
+  for (key, json) in &config.json_bindings {
+    let text = v8::String::new(scope, json).unwrap();
+    let value =
+      v8::json::parse(scope, text).ok_or_else(|| anyhow!("binding {key}: {json} is not JSON"))?;
+    values.push((key.clone(), v8::Global::new(scope, value)));
   }
   let create_kv = v8::Local::new(scope, create_kv);
   let undefined = v8::undefined(scope);

@@ -9,8 +9,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
 use common::redis::Redis;
+use common::*;
 use serde_json::Value;
 
 /// A config serving tests/fixtures/kv/api.js with `env.KV` bound to a namespace on `store`

@@ -74,6 +74,7 @@ fn worker_config(name: String, main: &std::path::Path) -> WorkerConfig {
     main: main.to_path_buf(),
     routes: Vec::new(),
     bindings: Vec::new(),
+    json_bindings: Vec::new(),
     kv: Vec::new(),
     isolation: Isolation::Isolate,
     limits: WorkerLimits::default(),
