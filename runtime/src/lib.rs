@@ -11,6 +11,7 @@ pub mod pool;
 pub mod routes;
 pub mod scheduled;
 pub mod server;
+pub mod typescript;
 pub mod worker;
 pub mod wpt;
 pub mod wrangler;

@@ -132,6 +132,41 @@ impl ScriptLoader {
   }
 }
 
+/// TypeScript's own resolution for a file that does not exist, as tsc and
+/// bundlers resolve it: `./lib.js` may name `./lib.ts` (how TypeScript asks
+/// to import its own modules), and `./lib` may name `./lib.ts`, `./lib.js`
+/// or an `index` in `./lib/`. Anything else resolves as written.
+fn with_typescript_resolution(resolved: ModuleSpecifier) -> ModuleSpecifier {
+  let Ok(path) = resolved.to_file_path() else {
+    return resolved;
+  };
+  if resolved.scheme() != "file" || path.exists() {
+    return resolved;
+  }
+  let name = path.to_string_lossy().into_owned();
+  let candidates: Vec<String> = match path.extension().and_then(|e| e.to_str()) {
+    Some("js") => vec![format!("{}.ts", &name[..name.len() - 3])],
+    Some("mjs") => vec![format!("{}.mts", &name[..name.len() - 4])],
+    Some("cjs") => vec![format!("{}.cts", &name[..name.len() - 4])],
+    Some("ts" | "mts" | "cts" | "json" | "wasm") => Vec::new(),
+    _ => ["ts", "js", "mts", "mjs"]
+      .iter()
+      .map(|ext| format!("{name}.{ext}"))
+      .chain(
+        ["index.ts", "index.js"]
+          .iter()
+          .map(|f| format!("{name}/{f}")),
+      )
+      .collect(),
+  };
+  candidates
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|candidate| candidate.is_file())
+    .and_then(|found| ModuleSpecifier::from_file_path(found).ok())
+    .unwrap_or(resolved)
+}
+
 fn module_type(path: &Path, options: &ModuleLoadOptions) -> ModuleType {
   match path.extension().and_then(|e| e.to_str()) {
     Some("json") => ModuleType::Json,
@@ -151,7 +186,8 @@ impl ModuleLoader for ScriptLoader {
     referrer: &str,
     _kind: ResolutionKind,
   ) -> ModuleResolveResponse {
-    resolve_import(specifier, referrer).map_err(JsErrorBox::from_err)
+    let resolved = resolve_import(specifier, referrer).map_err(JsErrorBox::from_err)?;
+    Ok(with_typescript_resolution(resolved))
   }
 
   fn load(
@@ -161,9 +197,17 @@ impl ModuleLoader for ScriptLoader {
     options: ModuleLoadOptions,
   ) -> ModuleLoadResponse {
     let result = self.check(specifier).and_then(|path| {
-      let code = std::fs::read(&path)
+      let mut code = std::fs::read(&path)
         .map_err(|e| JsErrorBox::generic(format!("Cannot read module {}: {e}", path.display())))?;
       let module_type = module_type(&path, &options);
+      if matches!(module_type, ModuleType::JavaScript) && crate::typescript::is_typescript(&path) {
+        let source = String::from_utf8(code)
+          .map_err(|_| JsErrorBox::generic(format!("Module {} is not UTF-8", path.display())))?;
+        code = crate::typescript::javascript_for(&path, &source)
+          .map_err(|e| JsErrorBox::new("SyntaxError", e))?
+          .as_bytes()
+          .to_vec();
+      }
       // deno_core makes a cache when it gets none (or V8 rejects the one it
       // got) and hands it to `code_cache_ready`.
       let code_cache = matches!(module_type, ModuleType::JavaScript).then(|| {
