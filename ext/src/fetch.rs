@@ -41,13 +41,16 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+
+use crate::console::ScriptName;
+use crate::outbound::{DeniedAddress, OutboundPolicy, PolicyResolver};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::mpsc;
 
 use crate::body::BodyReader;
 use crate::http::BoxError;
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, FetchBody>;
+type HttpClient = Client<HttpsConnector<HttpConnector<PolicyResolver>>, FetchBody>;
 /// Chunks of a streamed request body on their way to hyper.
 type ChunkSender = mpsc::Sender<Result<Bytes, BoxError>>;
 
@@ -66,9 +69,11 @@ fn type_error(message: impl Into<std::borrow::Cow<'static, str>>) -> JsErrorBox 
 // The client
 
 thread_local! {
-  /// This thread's client, with the runtime it was made on: a connection in
-  /// its pool belongs to that runtime's reactor.
-  static CLIENT: RefCell<Option<(tokio::runtime::Id, HttpClient)>> = const { RefCell::new(None) };
+  /// This thread's clients, one per outbound policy (so a connection pooled
+  /// under one policy is never reused under another), with the runtime they
+  /// were made on: a connection in a pool belongs to that runtime's reactor.
+  static CLIENTS: RefCell<Vec<(tokio::runtime::Id, Arc<OutboundPolicy>, HttpClient)>> =
+    const { RefCell::new(Vec::new()) };
 }
 
 /// The operator's own certificate authorities (an internal CA, a test CA):
@@ -123,8 +128,8 @@ fn tls_config() -> rustls::ClientConfig {
     .clone()
 }
 
-fn new_client() -> HttpClient {
-  let mut http = HttpConnector::new();
+fn new_client(policy: Arc<OutboundPolicy>) -> HttpClient {
+  let mut http = HttpConnector::new_with_resolver(PolicyResolver { policy });
   http.enforce_http(false);
   http.set_nodelay(true);
   http.set_connect_timeout(Some(Duration::from_secs(30)));
@@ -140,20 +145,55 @@ fn new_client() -> HttpClient {
     .build(connector)
 }
 
-/// The client of the current thread and runtime.
-fn client() -> HttpClient {
+/// The client of the current thread and runtime for `policy`.
+fn client(policy: &Arc<OutboundPolicy>) -> HttpClient {
   let runtime = tokio::runtime::Handle::current().id();
-  CLIENT.with(|slot| {
-    let mut slot = slot.borrow_mut();
-    match &*slot {
-      Some((id, client)) if *id == runtime => client.clone(),
-      _ => {
-        let client = new_client();
-        *slot = Some((runtime, client.clone()));
-        client
-      }
+  CLIENTS.with(|clients| {
+    let mut clients = clients.borrow_mut();
+    clients.retain(|(id, _, _)| *id == runtime);
+    if let Some((_, _, client)) = clients.iter().find(|(_, p, _)| **p == **policy) {
+      return client.clone();
     }
+    let client = new_client(policy.clone());
+    clients.push((runtime, policy.clone(), client.clone()));
+    client
   })
+}
+
+/// The policy that governs a request to `url` by a worker whose policy is
+/// `policy` (none: the WPT runner and tools, which may reach anything): the
+/// open policy when the host is allowed by name, else the worker's. An
+/// address literal is checked here, as the connector resolves only names.
+fn policy_for(state: &OpState, url: &Url, shown: &str) -> Result<Arc<OutboundPolicy>, JsErrorBox> {
+  static ANY: OnceLock<Arc<OutboundPolicy>> = OnceLock::new();
+  let any = || ANY.get_or_init(|| Arc::new(OutboundPolicy::any())).clone();
+  let Some(policy) = state.try_borrow::<Arc<OutboundPolicy>>() else {
+    return Ok(any());
+  };
+  let port = url.port_or_known_default().unwrap_or(80);
+  let literal = match url.host() {
+    Some(deno_core::url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+    Some(deno_core::url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+    _ => None,
+  };
+  if policy.allows_everything() || policy.allows_host(url.host_str().unwrap_or(""), port) {
+    return Ok(any());
+  }
+  if let Some(ip) = literal {
+    if !policy.allows_address(ip) {
+      let message = policy.denial(ip, shown);
+      log_denial(state, &message);
+      return Err(type_error(message));
+    }
+  }
+  Ok(policy.clone())
+}
+
+fn log_denial(state: &OpState, message: &str) {
+  let worker = state
+    .try_borrow::<ScriptName>()
+    .map_or("?", |name| name.0.as_str());
+  tracing::warn!(worker = %worker, "{message}");
 }
 
 // ---------------------------------------------------------------------------
@@ -229,6 +269,8 @@ async fn pump_body(source: Rc<dyn Resource>, tx: ChunkSender) {
 /// cancels the request, whether or not it was sent yet.
 pub struct FetchRequestResource {
   url: String,
+  /// The outbound policy it is sent under.
+  policy: Arc<OutboundPolicy>,
   request: RefCell<Option<http::Request<FetchBody>>>,
   /// Where a streamed body comes from, and where it goes; pumped once the
   /// request is sent.
@@ -318,7 +360,8 @@ pub fn op_fetch<'s>(
   #[scoped] headers: Vec<ByteString>,
   body: v8::Local<'s, v8::Value>,
 ) -> Result<ResourceId, JsErrorBox> {
-  let (_, uri) = request_uri(&url)?;
+  let (parsed, uri) = request_uri(&url)?;
+  let policy = policy_for(state, &parsed, &url)?;
   let method = Method::from_bytes(method.as_bytes())
     .map_err(|_| type_error(format!("fetch failed: invalid method {method:?}")))?;
 
@@ -381,6 +424,7 @@ pub fn op_fetch<'s>(
 
   Ok(state.resource_table.add(FetchRequestResource {
     url,
+    policy,
     request: RefCell::new(Some(request)),
     body_source: RefCell::new(body_source),
     cancel: CancelHandle::new(),
@@ -412,6 +456,9 @@ fn describe_error(error: &hyper_util::client::legacy::Error, url: &str) -> Strin
     innermost = Some(e.to_string());
     if let Some(error) = e.downcast_ref::<rustls::Error>() {
       tls = Some(error.to_string());
+    }
+    if let Some(denied) = e.downcast_ref::<DeniedAddress>() {
+      return denied.policy.denial(denied.ip, url);
     }
     source = match e.downcast_ref::<std::io::Error>() {
       Some(io) => {
@@ -467,7 +514,10 @@ pub async fn op_fetch_send(
     deno_core::unsync::spawn(pump_body(source, tx));
   }
   let cancel = RcRef::map(&resource, |r| &r.cancel);
-  let result = client().request(request).or_cancel(cancel).await;
+  let result = client(&resource.policy)
+    .request(request)
+    .or_cancel(cancel)
+    .await;
   // Done with the request, whatever happened; closing it now does nothing.
   let _ = state
     .borrow_mut()
@@ -475,7 +525,13 @@ pub async fn op_fetch_send(
     .take::<FetchRequestResource>(rid);
   let response = match result {
     Err(_) => return Err(type_error("fetch failed: the request was aborted")),
-    Ok(Err(error)) => return Err(type_error(describe_error(&error, &resource.url))),
+    Ok(Err(error)) => {
+      let message = describe_error(&error, &resource.url);
+      if message.contains("outbound policy") {
+        log_denial(&state.borrow(), &message);
+      }
+      return Err(type_error(message));
+    }
     Ok(Ok(response)) => response,
   };
 

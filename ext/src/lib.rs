@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod fetch;
 pub mod http;
 pub mod integrity;
+pub mod outbound;
 pub mod url;
 
 use std::sync::Arc;

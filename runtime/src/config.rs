@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use runtime_cache::CacheSettings;
 use runtime_ext::cache::CacheScope;
+use runtime_ext::outbound::OutboundPolicy;
 use runtime_kv::{Durability, Namespace, NamespaceConfig, StoreSpec};
 
 use crate::routes::RoutePattern;
@@ -73,6 +74,8 @@ struct ServerSection {
 struct EngineSection {
   max_isolates: Option<usize>,
   max_memory_mb: Option<u64>,
+  /// The outbound policy of workers that set none (default `["public"]`).
+  outbound: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +99,8 @@ struct WorkerSection {
   /// KV bindings: binding name -> namespace name.
   #[serde(default)]
   kv: BTreeMap<String, String>,
+  /// Where its fetch() may connect (default: the engine's).
+  outbound: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -177,6 +182,8 @@ pub struct WorkerConfig {
   /// The caches the worker reaches (set by `EngineConfig::open_cache`; a
   /// process-wide in-process store when unset).
   pub cache: Option<CacheScope>,
+  /// Where its `fetch()` may connect.
+  pub outbound: Arc<OutboundPolicy>,
 }
 
 /// One cron trigger: Workers' five fields (minute hour day-of-month month
@@ -250,6 +257,7 @@ impl EngineConfig {
     crons: Vec<CronTrigger>,
     kv: &[String],
     state_dir: &Path,
+    outbound: OutboundPolicy,
   ) -> anyhow::Result<Self> {
     let main = absolute_script(script, Path::new("."))?;
     // The shorthand's worker is named after its file: log lines are tagged
@@ -290,6 +298,7 @@ impl EngineConfig {
         limits,
         crons,
         cache: None,
+        outbound: Arc::new(outbound),
       }],
     })
   }
@@ -344,6 +353,12 @@ impl EngineConfig {
       .map_err(|e| anyhow!("{at}: {e}"))?;
       namespaces.insert(name.clone(), namespace);
     }
+    let engine_outbound = match &file.engine.outbound {
+      Some(entries) => OutboundPolicy::parse(entries)
+        .map_err(|e| anyhow!("{}: engine.outbound: {e}", path.display()))?,
+      None => OutboundPolicy::public(),
+    };
+    let engine_outbound = Arc::new(engine_outbound);
     let mut names = std::collections::HashSet::new();
     let mut workers = Vec::new();
     for (i, w) in file.workers.into_iter().enumerate() {
@@ -407,6 +422,12 @@ impl EngineConfig {
         .map(|c| CronTrigger::parse(c).with_context(|| format!("{at}.crons")))
         .collect::<anyhow::Result<_>>()?;
       check_against_cage(&format!("{at}.limits.memory_mb"), limits.memory_mb)?;
+      let outbound = match &w.outbound {
+        Some(entries) => {
+          Arc::new(OutboundPolicy::parse(entries).map_err(|e| anyhow!("{at}.outbound: {e}"))?)
+        }
+        None => engine_outbound.clone(),
+      };
       workers.push(WorkerConfig {
         name: w.name,
         main,
@@ -418,6 +439,7 @@ impl EngineConfig {
         limits,
         crons,
         cache: None,
+        outbound,
       });
     }
     if let Some(mb) = file.engine.max_memory_mb {

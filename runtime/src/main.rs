@@ -38,6 +38,11 @@ struct ServeArgs {
   /// Workers project's wrangler.toml / wrangler.json / wrangler.jsonc.
   #[arg(long)]
   config: Option<PathBuf>,
+  /// Where the script's fetch() may connect, comma-separated: "any"
+  /// (the default for a script or wrangler project), "public", "private",
+  /// "local", CIDRs and host[:port] names (runtime.toml sets `outbound`).
+  #[arg(long, value_name = "LIST", value_delimiter = ',')]
+  outbound: Vec<String>,
   /// The [env.NAME] section of a wrangler project to serve.
   #[arg(long, value_name = "NAME")]
   env: Option<String>,
@@ -122,12 +127,28 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
   {
     anyhow::bail!("--env selects an [env.NAME] of a wrangler project (wrangler.toml, wrangler.json or wrangler.jsonc)");
   }
+  if !args.outbound.is_empty()
+    && config_file
+      .as_deref()
+      .is_some_and(|f| !runtime::wrangler::is_wrangler_file(f))
+  {
+    anyhow::bail!(
+      "--outbound is for a script or a wrangler project: runtime.toml sets `outbound` per worker or in [engine]"
+    );
+  }
+  let outbound = if args.outbound.is_empty() {
+    runtime_ext::outbound::OutboundPolicy::any()
+  } else {
+    runtime_ext::outbound::OutboundPolicy::parse(&args.outbound)
+      .map_err(|e| anyhow::anyhow!("--outbound: {e}"))?
+  };
   let config = match (&config_file, &args.script) {
     (Some(path), _) if runtime::wrangler::is_wrangler_file(path) => runtime::wrangler::load(
       path,
       &runtime::wrangler::ProjectOptions {
         env: args.env.as_deref(),
         state_dir: &args.state_dir,
+        outbound: outbound.clone(),
       },
     )?,
     (Some(path), _) => EngineConfig::load(path, |key| std::env::var(key).ok())?,
@@ -152,6 +173,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
           .collect::<anyhow::Result<_>>()?,
         &args.kv,
         &args.state_dir,
+        outbound,
       )?
     }
     (None, None) => anyhow::bail!("a script or --config is required"),

@@ -371,6 +371,7 @@ impl Worker {
         state.put(KvBindings(
           config.kv.iter().map(|(_, ns)| ns.clone()).collect(),
         ));
+        state.put(config.outbound.clone());
         state.put(
           config
             .cache

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _};
 use runtime_cache::CacheSettings;
+use runtime_ext::outbound::OutboundPolicy;
 use runtime_kv::{Durability, Namespace, NamespaceConfig, StoreSpec};
 use serde_json::{Map, Value};
 
@@ -37,6 +38,9 @@ pub fn is_wrangler_file(path: &Path) -> bool {
 pub struct ProjectOptions<'a> {
   pub env: Option<&'a str>,
   pub state_dir: &'a Path,
+  /// Where the worker's fetch() may connect (a project you run yourself:
+  /// anywhere, unless `--outbound` says otherwise).
+  pub outbound: OutboundPolicy,
 }
 
 /// Keys an `[env.NAME]` section takes from the top level when it does not set
@@ -306,6 +310,7 @@ pub fn load(path: &Path, options: &ProjectOptions) -> anyhow::Result<EngineConfi
       limits,
       crons,
       cache: None,
+      outbound: std::sync::Arc::new(options.outbound.clone()),
     }],
   })
 }

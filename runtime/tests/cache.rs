@@ -31,8 +31,10 @@ fn start_with(redis: Option<Redis>, store: Option<&str>, extra: &str, args: &[&s
   let store = store
     .map(|url| format!("store = \"{url}\"\n"))
     .unwrap_or_default();
+  // `add` fetches from this very server, on loopback: allowed here (a config's default is
+  // "public").
   let config = format!(
-    "[cache]\n{store}{extra}\n\
+    "[engine]\noutbound = [\"local\"]\n[cache]\n{store}{extra}\n\
      [[workers]]\nname = \"a\"\nmain = \"{p}\"\nroutes = [\"*/a/*\"]\n\
      [[workers]]\nname = \"b\"\nmain = \"{p}\"\nroutes = [\"*/b/*\"]\n",
     p = probe.display()

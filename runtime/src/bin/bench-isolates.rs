@@ -80,6 +80,7 @@ fn worker_config(name: String, main: &std::path::Path) -> WorkerConfig {
     limits: WorkerLimits::default(),
     crons: Vec::new(),
     cache: None,
+    outbound: std::sync::Arc::new(runtime_ext::outbound::OutboundPolicy::any()),
   }
 }
 
