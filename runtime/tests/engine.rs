@@ -1004,7 +1004,8 @@ fn startup_config(name: &str, control: &str, startup_ms: u64, limits: &str) -> P
   scratch_config(
     name,
     &format!(
-      "[[workers]]\nname = \"slow-start\"\nmain = {:?}\nvars = {{ CONTROL = {control:?}, STARTUP_MS = \"{startup_ms}\" }}\nlimits = {limits}\n",
+      // The control server is on loopback, which a config's default outbound policy denies.
+      "[[workers]]\nname = \"slow-start\"\nmain = {:?}\nvars = {{ CONTROL = {control:?}, STARTUP_MS = \"{startup_ms}\" }}\nlimits = {limits}\noutbound = [\"local\"]\n",
       engine_fixture("startup-control.js").display().to_string()
     ),
   )
