@@ -272,14 +272,8 @@ impl EngineConfig {
       if bindings.iter().any(|(b, _)| b == binding) {
         bail!("--kv {binding}: given twice");
       }
-      let path = state_dir.join("kv").join(format!("{binding}.sqlite"));
-      let namespace = Namespace::open(&NamespaceConfig {
-        name: binding.clone(),
-        store: StoreSpec::Sqlite(std::path::absolute(&path)?),
-        min_ttl_seconds: runtime_kv::DEFAULT_MIN_TTL_SECONDS,
-        durability: Durability::Normal,
-      })
-      .map_err(|e| anyhow!("--kv {binding}: {e}"))?;
+      let namespace =
+        local_namespace(state_dir, binding, binding).map_err(|e| anyhow!("--kv {binding}: {e}"))?;
       bindings.push((binding.clone(), namespace));
     }
     Ok(Self {
@@ -507,6 +501,24 @@ pub fn check_against_cage(what: &str, mb: u64) -> anyhow::Result<()> {
     ),
     _ => Ok(()),
   }
+}
+
+/// A namespace kept locally, as `wrangler dev` keeps its state: the SQLite
+/// file `state_dir/kv/<file_stem>.sqlite`, with the default TTL floor and
+/// durability.
+pub(crate) fn local_namespace(
+  state_dir: &Path,
+  file_stem: &str,
+  name: &str,
+) -> anyhow::Result<Arc<Namespace>> {
+  let path = state_dir.join("kv").join(format!("{file_stem}.sqlite"));
+  Namespace::open(&NamespaceConfig {
+    name: name.to_string(),
+    store: StoreSpec::Sqlite(std::path::absolute(&path)?),
+    min_ttl_seconds: runtime_kv::DEFAULT_MIN_TTL_SECONDS,
+    durability: Durability::Normal,
+  })
+  .map_err(|e| anyhow!(e))
 }
 
 /// A binding is a JavaScript identifier (a global, in service-worker syntax).

@@ -13,12 +13,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context as _};
 use runtime_cache::CacheSettings;
 use runtime_ext::outbound::OutboundPolicy;
-use runtime_kv::{Durability, Namespace, NamespaceConfig, StoreSpec};
 use serde_json::{Map, Value};
 
 use crate::config::{
-  absolute_script, check_against_cage, check_binding_name, CronTrigger, EngineConfig, Isolation,
-  WorkerConfig, WorkerLimits, DEFAULT_MAX_ISOLATES,
+  absolute_script, check_against_cage, check_binding_name, local_namespace, CronTrigger,
+  EngineConfig, Isolation, WorkerConfig, WorkerLimits, DEFAULT_MAX_ISOLATES,
 };
 use crate::routes::RoutePattern;
 
@@ -233,14 +232,8 @@ pub fn load(path: &Path, options: &ProjectOptions) -> anyhow::Result<EngineConfi
       if id.contains(['/', '\\']) || id.starts_with('.') {
         bail!("{at}: kv_namespaces[{i}].id {id:?} cannot name a local file");
       }
-      let file = options.state_dir.join("kv").join(format!("{id}.sqlite"));
-      let namespace = Namespace::open(&NamespaceConfig {
-        name: binding.to_string(),
-        store: StoreSpec::Sqlite(std::path::absolute(&file)?),
-        min_ttl_seconds: runtime_kv::DEFAULT_MIN_TTL_SECONDS,
-        durability: Durability::Normal,
-      })
-      .map_err(|e| anyhow!("{at}: kv_namespaces[{i}] ({binding}): {e}"))?;
+      let namespace = local_namespace(options.state_dir, id, binding)
+        .map_err(|e| anyhow!("{at}: kv_namespaces[{i}] ({binding}): {e}"))?;
       kv.push((binding.to_string(), namespace));
     }
   }
