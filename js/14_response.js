@@ -21,6 +21,7 @@ import {
   takeBodyForEngine,
 } from "ext:runtime/11_body.js";
 import { parseURL, urlHref } from "ext:runtime/13_request.js";
+import { isWebSocket } from "ext:runtime/58_websocket.js";
 
 const {
   ObjectFreeze,
@@ -45,6 +46,8 @@ const _headers = Symbol("[[headers]]");
 const _body = Symbol("[[body]]");
 // Set (true) only on responses fetch() followed a redirect for.
 const _redirected = Symbol("[[redirected]]");
+// Workers: the WebSocket a 101 response hands to the client.
+const _webSocket = Symbol("[[webSocket]]");
 
 const kInternal = Symbol("response.internal");
 
@@ -87,7 +90,18 @@ const DEFAULT_INIT = ObjectFreeze({
  */
 function initializeResponse(response, init, bodyWithType, prefix) {
   const status = init.status;
-  if (status < 200 || status > 599) {
+  if (init.webSocket != null) {
+    if (status !== 101) {
+      throw new RangeError(
+        `${prefix}: a Response with a webSocket must have status 101, not ${status}`,
+      );
+    }
+    response[_webSocket] = init.webSocket;
+  } else if (status === 101) {
+    throw new RangeError(
+      `${prefix}: status 101 needs a webSocket (new Response(null, { status: 101, webSocket: client }))`,
+    );
+  } else if (status < 200 || status > 599) {
     throw new RangeError(
       `${prefix}: The status provided (${status}) is outside the range [200, 599]`,
     );
@@ -234,6 +248,12 @@ class Response {
     return this[_status];
   }
 
+  /** Workers: the WebSocket of a 101 response, else null. */
+  get webSocket() {
+    webidl.assertBranded(this, ResponsePrototype);
+    return this[_webSocket] ?? null;
+  }
+
   /** @returns {boolean} */
   get ok() {
     webidl.assertBranded(this, ResponsePrototype);
@@ -343,7 +363,16 @@ function convertResponseInit(V, prefix, context) {
     prefix,
     "'statusText' of 'ResponseInit'",
   );
-  return { __proto__: null, headers, status, statusText };
+  let webSocket = V.webSocket;
+  if (webSocket != null && !isWebSocket(webSocket)) {
+    throw webidl.makeException(
+      TypeError,
+      "'webSocket' of 'ResponseInit' is not a WebSocket",
+      prefix,
+      context,
+    );
+  }
+  return { __proto__: null, headers, status, statusText, webSocket };
 }
 webidl.converters["ResponseInit"] = convertResponseInit;
 
@@ -413,6 +442,7 @@ function extractResponseParts(value) {
     status: value[_status],
     headers: headerListFromHeaders(value[_headers]),
     body,
+    webSocket: value[_webSocket] ?? null,
   };
 }
 
@@ -428,6 +458,13 @@ function extractResponseParts(value) {
  * @param {boolean} redirected  whether a redirect was followed to get here
  * @returns {Response}
  */
+/** The 101 response of a fetch() upgraded to a WebSocket. */
+function newWebSocketResponse(flatHeaders, url, webSocket) {
+  const response = newFetchResponse(101, "Switching Protocols", flatHeaders, null, url, false);
+  response[_webSocket] = webSocket;
+  return response;
+}
+
 function newFetchResponse(status, statusText, flatHeaders, body, url, redirected) {
   const response = new Response(kInternal);
   setResponseFields(
@@ -471,6 +508,7 @@ export {
   fetchResponseWithBytes,
   isResponse,
   newFetchResponse,
+  newWebSocketResponse,
   Response,
   ResponsePrototype,
 };

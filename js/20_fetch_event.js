@@ -6,8 +6,15 @@ import { event, streams, url as urlNs, webidl } from "ext:runtime/00_web.js";
 import { newServerRequest } from "ext:runtime/13_request.js";
 import { extractResponseParts, Response } from "ext:runtime/14_response.js";
 import { runScheduled } from "ext:runtime/21_scheduled_event.js";
+import { takeForResponse } from "ext:runtime/58_websocket.js";
 
-const { op_log, op_respond, op_respond_error, op_respond_stream } = core.ops;
+const {
+  op_log,
+  op_respond,
+  op_respond_error,
+  op_respond_stream,
+  op_respond_websocket,
+} = core.ops;
 const {
   FunctionPrototypeCall,
   ObjectPrototypeIsPrototypeOf,
@@ -164,7 +171,18 @@ function respond(id, value) {
     op_respond_error(id, error?.stack ?? String(error));
     return;
   }
-  const { status, headers, body } = parts;
+  const { status, headers, body, webSocket } = parts;
+  if (webSocket !== null) {
+    let bindPeer;
+    try {
+      bindPeer = takeForResponse(webSocket);
+    } catch (error) {
+      op_respond_error(id, error?.stack ?? String(error));
+      return;
+    }
+    bindPeer(op_respond_websocket(id, headers));
+    return;
+  }
   if (
     body !== null && typeof body === "object" &&
     ObjectPrototypeIsPrototypeOf(ReadableStreamPrototype, body)

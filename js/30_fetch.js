@@ -31,8 +31,10 @@ import { Request, requestForFetch } from "ext:runtime/13_request.js";
 import {
   fetchResponseWithBytes,
   newFetchResponse,
+  newWebSocketResponse,
   ResponsePrototype,
 } from "ext:runtime/14_response.js";
+import { connectForFetch } from "ext:runtime/58_websocket.js";
 import { currentRequestContext } from "ext:runtime/20_fetch_event.js";
 
 const { op_fetch, op_fetch_integrity_matches, op_fetch_send } = core.ops;
@@ -534,6 +536,11 @@ async function runFetch(request) {
     );
   }
 
+  if (flatHeaderGet(state.headers, "upgrade")?.toLowerCase() === "websocket") {
+    // Workers: the response carries the socket, to accept().
+    const { ws, headers } = await connectForFetch(state.url, state.headers);
+    return newWebSocketResponse(headers, state.url, ws);
+  }
   for (let redirects = 0;; redirects++) {
     const head = await httpFetch(state, signal);
     const status = head.status;

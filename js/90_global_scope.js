@@ -20,6 +20,7 @@ import {
 import { fetch } from "ext:runtime/30_fetch.js";
 import { getCrypto } from "ext:runtime/40_crypto.js";
 import { Cache, caches, CacheStorage } from "ext:runtime/55_cache.js";
+import { WebSocket, WebSocketPair } from "ext:runtime/58_websocket.js";
 
 const {
   ArrayBuffer,
@@ -240,6 +241,7 @@ const globalScope = {
   Blob: nonEnumerable(web.file.Blob),
   ByteLengthQueuingStrategy: nonEnumerable(streams.ByteLengthQueuingStrategy),
   CompressionStream: nonEnumerable(web.compression.CompressionStream),
+  CloseEvent: nonEnumerable(event.CloseEvent),
   CountQueuingStrategy: nonEnumerable(streams.CountQueuingStrategy),
   CustomEvent: nonEnumerable(event.CustomEvent),
   DecompressionStream: nonEnumerable(web.compression.DecompressionStream),
@@ -304,6 +306,8 @@ const globalScope = {
   ScheduledEvent: nonEnumerable(ScheduledEvent),
   Response: nonEnumerable(Response),
   ServiceWorkerGlobalScope: nonEnumerable(ServiceWorkerGlobalScope),
+  WebSocket: nonEnumerable(WebSocket),
+  WebSocketPair: nonEnumerable(WebSocketPair),
   WorkerGlobalScope: nonEnumerable(WorkerGlobalScope),
   // functions and attributes
   atob: enumerable(web.base64.atob),

@@ -109,7 +109,7 @@ fn add_operator_roots(roots: &mut rustls::RootCertStore) {
   }
 }
 
-fn tls_config() -> rustls::ClientConfig {
+pub(crate) fn tls_config() -> rustls::ClientConfig {
   static CONFIG: OnceLock<rustls::ClientConfig> = OnceLock::new();
   CONFIG
     .get_or_init(|| {
@@ -189,7 +189,7 @@ fn policy_for(state: &OpState, url: &Url, shown: &str) -> Result<Arc<OutboundPol
   Ok(policy.clone())
 }
 
-fn log_denial(state: &OpState, message: &str) {
+pub(crate) fn log_denial(state: &OpState, message: &str) {
   let worker = state
     .try_borrow::<ScriptName>()
     .map_or("?", |name| name.0.as_str());

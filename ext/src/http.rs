@@ -165,7 +165,7 @@ pub async fn op_request_disconnected(state: Rc<RefCell<OpState>>, #[smi] id: u32
 
 /// A Response's head from its status and its header list `[name0, value0,
 /// name1, value1, ...]`.
-fn build_response<'s>(
+pub(crate) fn build_response<'s>(
   scope: &mut v8::PinScope<'s, '_>,
   status: u32,
   headers: v8::Local<'s, v8::Array>,
@@ -273,6 +273,10 @@ fn with_byte_string<R>(
       Ok(f(&bytes))
     }
   }
+}
+
+pub(crate) fn answer_response(state: &OpState, id: u32, outcome: HandlerOutcome) {
+  send(state, id, outcome);
 }
 
 fn send(state: &OpState, id: u32, outcome: HandlerOutcome) {

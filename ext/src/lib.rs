@@ -12,6 +12,7 @@ pub mod http;
 pub mod integrity;
 pub mod outbound;
 pub mod url;
+pub mod websocket;
 
 use std::sync::Arc;
 
@@ -46,6 +47,18 @@ deno_core::extension!(
     runtime_kv::ops::op_kv_put_stream,
     runtime_kv::ops::op_kv_delete,
     runtime_kv::ops::op_kv_list,
+    websocket::op_respond_websocket,
+    websocket::op_ws_send_text,
+    websocket::op_ws_send_binary,
+    websocket::op_ws_buffered,
+    websocket::op_ws_close,
+    websocket::op_ws_next_event,
+    websocket::op_ws_event_text,
+    websocket::op_ws_event_binary,
+    websocket::op_ws_event_code,
+    websocket::op_ws_protocol,
+    websocket::op_ws_response_headers,
+    websocket::op_ws_connect,
   ],
   esm_entry_point = "ext:runtime/99_main.js",
   esm = [
@@ -65,6 +78,7 @@ deno_core::extension!(
     "40_crypto.js",
     "50_kv.js",
     "55_cache.js",
+    "58_websocket.js",
     "90_global_scope.js",
     "99_main.js",
   ],

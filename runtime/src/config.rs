@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use serde::Deserialize;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use runtime_cache::CacheSettings;
 use runtime_ext::cache::CacheScope;
 use runtime_ext::outbound::OutboundPolicy;
+use runtime_ext::websocket::WebSocketLimits;
 use runtime_kv::{Durability, Namespace, NamespaceConfig, StoreSpec};
 
 use crate::routes::RoutePattern;
@@ -111,6 +113,9 @@ struct LimitsSection {
   scheduled_cpu_ms: Option<u64>,
   memory_mb: Option<u64>,
   subrequests: Option<u32>,
+  websocket_message_kb: Option<u64>,
+  websocket_buffer_kb: Option<u64>,
+  websocket_idle_s: Option<u64>,
 }
 
 /// How much a worker's requests share.
@@ -141,6 +146,8 @@ pub struct WorkerLimits {
   pub memory_mb: u64,
   /// `fetch()` calls per request.
   pub subrequests: u32,
+  /// Message size, send buffer and idle timeout of its WebSockets.
+  pub websocket: WebSocketLimits,
 }
 
 impl WorkerLimits {
@@ -156,6 +163,7 @@ impl Default for WorkerLimits {
       scheduled_cpu_ms: 30_000,
       memory_mb: Self::DEFAULT_MEMORY_MB,
       subrequests: 50,
+      websocket: WebSocketLimits::default(),
     }
   }
 }
@@ -402,7 +410,31 @@ impl EngineConfig {
           .unwrap_or(defaults.scheduled_cpu_ms),
         memory_mb: w.limits.memory_mb.unwrap_or(defaults.memory_mb),
         subrequests: w.limits.subrequests.unwrap_or(defaults.subrequests),
+        websocket: WebSocketLimits {
+          max_message_bytes: w
+            .limits
+            .websocket_message_kb
+            .map_or(defaults.websocket.max_message_bytes, |kb| {
+              (kb as usize) << 10
+            }),
+          max_buffered_bytes: w
+            .limits
+            .websocket_buffer_kb
+            .map_or(defaults.websocket.max_buffered_bytes, |kb| {
+              (kb as usize) << 10
+            }),
+          idle_timeout: w
+            .limits
+            .websocket_idle_s
+            .map_or(defaults.websocket.idle_timeout, Duration::from_secs),
+        },
       };
+      if limits.websocket.max_message_bytes == 0
+        || limits.websocket.max_buffered_bytes == 0
+        || limits.websocket.idle_timeout.is_zero()
+      {
+        bail!("{at}.limits: websocket_message_kb, websocket_buffer_kb and websocket_idle_s must be positive");
+      }
       if limits.cpu_ms == 0
         || limits.startup_ms == 0
         || limits.scheduled_cpu_ms == 0

@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use hyper_util::server::graceful::GracefulConnection;
 use slab::Slab;
 
 /// The connections of one thread.
@@ -68,14 +67,29 @@ pub struct Watcher {
 }
 
 impl Watcher {
-  /// Serves `connection` until it ends, closing it gracefully once the
-  /// drain starts.
-  pub fn watch<C: GracefulConnection>(self, connection: C) -> Watched<C> {
+  /// Serves `connection` until it ends, asking it to finish (`shutdown`:
+  /// its `graceful_shutdown`) once the drain starts.
+  pub fn watch<C: Future>(self, connection: C, shutdown: fn(Pin<&mut C>)) -> Watched<C> {
     Watched {
       connection: Box::pin(connection),
+      shutdown,
       watcher: self,
       closing: false,
     }
+  }
+
+  /// Resolves once the drain starts (what a WebSocket pump, which outlives
+  /// its HTTP connection, waits on to close with 1001).
+  pub async fn draining(&self) {
+    poll_fn(|cx| {
+      if self.state.draining.get() {
+        return Poll::Ready(());
+      }
+      let mut connections = self.state.connections.borrow_mut();
+      connections[self.key] = Some(cx.waker().clone());
+      Poll::Pending
+    })
+    .await
   }
 }
 
@@ -94,12 +108,13 @@ impl Drop for Watcher {
 /// A connection served under a [`Drain`].
 pub struct Watched<C> {
   connection: Pin<Box<C>>,
+  shutdown: fn(Pin<&mut C>),
   watcher: Watcher,
   /// `graceful_shutdown` was called.
   closing: bool,
 }
 
-impl<C: GracefulConnection> Future for Watched<C> {
+impl<C: Future> Future for Watched<C> {
   type Output = C::Output;
 
   fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
@@ -108,7 +123,7 @@ impl<C: GracefulConnection> Future for Watched<C> {
       let state = &this.watcher.state;
       if state.draining.get() {
         this.closing = true;
-        this.connection.as_mut().graceful_shutdown();
+        (this.shutdown)(this.connection.as_mut());
       } else {
         let mut connections = state.connections.borrow_mut();
         let task = &mut connections[this.watcher.key];

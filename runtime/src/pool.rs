@@ -76,7 +76,9 @@ impl IsolatePool {
   /// Closes every warm worker: each finishes its requests in flight and its
   /// `waitUntil` work, then stops.
   pub fn close_all(&self) {
-    self.live.borrow_mut().clear();
+    for (_, worker) in self.live.borrow_mut().drain() {
+      worker.shared.let_go();
+    }
   }
 
   fn spawn(
@@ -179,16 +181,19 @@ impl IsolatePool {
     self.spawn(index, shared, rx);
     let mut live = self.live.borrow_mut();
     while live.len() > self.max_live {
+      // Workers holding WebSockets go last.
       let Some((&oldest, _)) = live
         .iter()
         .filter(|(&i, _)| i != index)
-        .min_by_key(|(_, w)| w.last_used)
+        .min_by_key(|(_, w)| (w.shared.open_sockets() > 0, w.last_used))
       else {
         break;
       };
       // Closing its channel lets the worker finish what it has in flight;
       // then its isolate is dropped.
-      live.remove(&oldest);
+      if let Some(evicted) = live.remove(&oldest) {
+        evicted.shared.let_go();
+      }
       tracing::debug!(worker = %self.workers[oldest].name, "evicted (least recently used)");
     }
   }
@@ -223,17 +228,22 @@ impl IsolatePool {
       return;
     }
     let mut live = self.live.borrow_mut();
-    let mut usage: Vec<(usize, u64, IsolateMemory)> = live
+    let mut usage: Vec<(usize, u64, IsolateMemory, bool)> = live
       .iter_mut()
       .map(|(&index, worker)| {
         if let Some(memory) = worker.shared.memory() {
           worker.memory = memory;
         }
-        (index, worker.last_used, worker.memory)
+        (
+          index,
+          worker.last_used,
+          worker.memory,
+          worker.shared.open_sockets() > 0,
+        )
       })
       .collect();
-    let mut total: usize = usage.iter().map(|(_, _, m)| m.total).sum();
-    let mut heap: usize = usage.iter().map(|(_, _, m)| m.heap_committed).sum();
+    let mut total: usize = usage.iter().map(|(_, _, m, _)| m.total).sum();
+    let mut heap: usize = usage.iter().map(|(_, _, m, _)| m.heap_committed).sum();
     let over = |total: usize, heap: usize| {
       if budget.total.is_some_and(|b| total > b) {
         Some(("max_memory_mb", total, budget.total.unwrap_or(0)))
@@ -246,15 +256,18 @@ impl IsolatePool {
     if over(total, heap).is_none() {
       return;
     }
-    usage.sort_by_key(|&(_, last_used, _)| last_used);
-    for (index, _, memory) in usage {
+    // Least recently used first, those holding WebSockets last.
+    usage.sort_by_key(|&(_, last_used, _, sockets)| (sockets, last_used));
+    for (index, _, memory, _) in usage {
       let Some((what, held, share)) = over(total, heap) else {
         break;
       };
       if live.len() <= 1 {
         break;
       }
-      live.remove(&index);
+      if let Some(evicted) = live.remove(&index) {
+        evicted.shared.let_go();
+      }
       tracing::info!(
         worker = %self.workers[index].name,
         "evicted (least recently used): warm isolates held {} MiB, over this thread's {} MiB share of {what}",

@@ -21,7 +21,11 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use runtime_ext::http::{BoxError, HandlerOutcome, ResponseBody};
+use runtime_ext::websocket::{PeerLink, WebSocketUpgrade};
 use tokio::sync::{oneshot, watch};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
 
 use crate::coarse_timer::{self, CoarseTimer};
 use crate::config::{EngineConfig, WorkerConfig};
@@ -230,6 +234,8 @@ struct ThreadContext {
   pool: IsolatePool,
   shared: Arc<SharedConfig>,
   local_addr: SocketAddr,
+  /// The thread's connections, WebSockets included, for graceful shutdown.
+  connections: Drain,
 }
 
 async fn serve_thread(
@@ -263,6 +269,7 @@ async fn serve_thread(
     pool,
     shared,
     local_addr,
+    connections: Drain::default(),
   });
   tokio::task::spawn_local(coarse_timer::sweep());
   let mut cron_tasks = Vec::new();
@@ -306,7 +313,7 @@ async fn serve_thread(
   http2
     .timer(TokioTimer::new())
     .max_header_list_size(limits.max_header_bytes as u32);
-  let connections = Drain::default();
+  let connections = &ctx.connections;
 
   loop {
     tokio::select! {
@@ -327,12 +334,14 @@ async fn serve_thread(
         tokio::task::spawn_local(async move {
           let result = match tokio::time::timeout(header_timeout, is_http2(&stream)).await {
             Ok(Ok(false)) => {
-              let connection = http1.serve_connection(TokioIo::new(stream), service);
-              watcher.watch(connection).await
+              let connection = http1
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+              watcher.watch(connection, |c| c.graceful_shutdown()).await
             }
             Ok(Ok(true)) => {
               let connection = http2.serve_connection(TokioIo::new(stream), service);
-              watcher.watch(connection).await
+              watcher.watch(connection, |c| c.graceful_shutdown()).await
             }
             Ok(Err(error)) => {
               tracing::debug!(%peer, "connection ended: {error}");
@@ -471,9 +480,12 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
 }
 
 async fn handle(
-  request: Request<Incoming>,
+  mut request: Request<Incoming>,
   ctx: Rc<ThreadContext>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+  // A WebSocket handshake: the handler decides; if it answers with a
+  // WebSocket, the connection is taken over once the 101 is sent.
+  let upgrade = websocket_key(&request).map(|key| (key, hyper::upgrade::on(&mut request)));
   let (parts, body) = request.into_parts();
   // A request without a body (hyper knows) declares no length to check.
   let declared_length = (!body.is_end_stream())
@@ -571,7 +583,25 @@ async fn handle(
     return Ok(plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"));
   }
   Ok(match outcome {
-    Ok(HandlerOutcome::Response(response)) => response,
+    Ok(HandlerOutcome::Response(response)) => {
+      let Some(link) = response
+        .extensions()
+        .get::<WebSocketUpgrade>()
+        .and_then(WebSocketUpgrade::take)
+      else {
+        return Ok(response);
+      };
+      match upgrade {
+        Some((key, on_upgrade)) => accept_websocket(&ctx, response, &key, on_upgrade, link),
+        None => {
+          tracing::error!(
+            worker = %worker_name,
+            "500: the handler answered with a WebSocket (status 101), but the request is not a WebSocket upgrade"
+          );
+          plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+        }
+      }
+    }
     Ok(HandlerOutcome::Error(error)) => {
       tracing::error!(worker = %worker_name, "500: {error}");
       plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
@@ -588,6 +618,67 @@ async fn handle(
       plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
     }
   })
+}
+
+/// The `Sec-WebSocket-Key` of an HTTP/1.1 WebSocket handshake (RFC 6455
+/// 4.2.1), if the request is one.
+fn websocket_key(request: &Request<Incoming>) -> Option<String> {
+  let headers = request.headers();
+  let has_token = |name: header::HeaderName, token: &str| {
+    headers.get_all(name).iter().any(|value| {
+      value
+        .to_str()
+        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+  };
+  (request.method() == http::Method::GET
+    && request.version() == http::Version::HTTP_11
+    && has_token(header::UPGRADE, "websocket")
+    && has_token(header::CONNECTION, "upgrade")
+    && headers
+      .get(header::SEC_WEBSOCKET_VERSION)
+      .is_some_and(|v| v == "13"))
+  .then(|| {
+    headers
+      .get(header::SEC_WEBSOCKET_KEY)?
+      .to_str()
+      .ok()
+      .map(str::to_string)
+  })
+  .flatten()
+}
+
+/// Completes the handshake the handler accepted: the 101's headers, and a
+/// task that pumps the upgraded connection once hyper hands it over. The
+/// pump counts as a connection of the thread: shutdown closes it (1001).
+fn accept_websocket(
+  ctx: &ThreadContext,
+  mut response: Response<ResponseBody>,
+  key: &str,
+  on_upgrade: hyper::upgrade::OnUpgrade,
+  link: PeerLink,
+) -> Response<ResponseBody> {
+  let headers = response.headers_mut();
+  headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+  headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+  if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+  }
+  let watcher = ctx.connections.watcher();
+  tokio::task::spawn_local(async move {
+    let upgraded = match on_upgrade.await {
+      Ok(upgraded) => upgraded,
+      Err(error) => {
+        tracing::debug!(worker = %link.worker, "WebSocket upgrade failed: {error}");
+        return;
+      }
+    };
+    let config = link.limits.protocol_config();
+    let ws =
+      WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    runtime_ext::websocket::pump(ws, link, watcher.draining()).await;
+  });
+  response
 }
 
 /// The host a request was sent to: the authority (HTTP/2) or the Host header

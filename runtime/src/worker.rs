@@ -19,6 +19,7 @@ use http::HeaderMap;
 use runtime_ext::cache::CacheScope;
 use runtime_ext::console::ScriptName;
 use runtime_ext::http::{HandlerOutcome, RequestBody, RequestBodyResource, SharedResponses};
+use runtime_ext::websocket::WebSockets;
 use runtime_kv::KvBindings;
 use tokio::sync::{mpsc, oneshot};
 
@@ -275,6 +276,8 @@ pub struct Worker {
   memory_mb: u64,
   /// The isolate's response slots (also in its `OpState`, for the ops).
   responses: SharedResponses,
+  /// Its open WebSockets (also in its `OpState`).
+  sockets: Rc<WebSockets>,
 }
 
 impl Drop for Worker {
@@ -361,6 +364,7 @@ impl Worker {
       array_buffers,
     } = spare;
     loader.set_root(root);
+    let sockets = Rc::new(WebSockets::default());
     rt.with(|runtime| {
       {
         let state = runtime.op_state();
@@ -372,6 +376,8 @@ impl Worker {
           config.kv.iter().map(|(_, ns)| ns.clone()).collect(),
         ));
         state.put(config.outbound.clone());
+        state.put(config.limits.websocket);
+        state.put(sockets.clone());
         state.put(
           config
             .cache
@@ -466,6 +472,7 @@ impl Worker {
       array_buffers,
       memory_mb: config.limits.memory_mb,
       responses,
+      sockets,
     })
   }
 
@@ -627,6 +634,12 @@ impl Worker {
     };
     let message = format!("worker {:?} {reason}; its isolate was discarded", self.name);
     tracing::error!(worker = %self.name, "{message}");
+    let closed = self
+      .sockets
+      .close_all(1011, "the worker was stopped by a limit");
+    if closed > 0 {
+      tracing::warn!(worker = %self.name, "closed {closed} WebSocket(s) with 1011: the worker was stopped by a limit");
+    }
     self
       .responses
       .borrow_mut()
@@ -718,6 +731,12 @@ impl Worker {
       }
       let mut slot = shared.worker.borrow_mut();
       let worker = slot.as_mut().expect("a serving worker is loaded");
+      if shared.closing.replace(false) {
+        let closed = worker.sockets.close_all(1001, "the worker is going away");
+        if closed > 0 {
+          tracing::info!(worker = %worker.name, "closed {closed} WebSocket(s) with 1001: the worker was evicted or the server is stopping");
+        }
+      }
       let turn = worker.poll_turn(cx, &mut requests, &mut closed);
       if turn.is_ready() {
         shared.stopped.set(true);
@@ -760,6 +779,11 @@ pub struct SharedWorker {
   /// When the request path last dispatched into the worker, in
   /// [`coarse_millis`] (0: never).
   last_dispatch: Cell<u64>,
+  /// The pool let the worker go (evicted, or the server stops): its task
+  /// closes its WebSockets, which would otherwise keep it running.
+  closing: Cell<bool>,
+  /// Its open WebSockets, once loaded.
+  sockets: std::cell::RefCell<Option<Rc<WebSockets>>>,
 }
 
 /// How long a worker whose requests were all answered on the spot may go
@@ -785,7 +809,22 @@ thread_local! {
 impl SharedWorker {
   /// Installs the loaded worker; [`Worker::serve`] then drives it.
   pub fn install(&self, worker: Worker) {
+    *self.sockets.borrow_mut() = Some(worker.sockets.clone());
     *self.worker.borrow_mut() = Some(worker);
+  }
+
+  /// WebSockets open in the worker's isolate.
+  pub fn open_sockets(&self) -> usize {
+    self.sockets.borrow().as_ref().map_or(0, |s| s.count())
+  }
+
+  /// The pool let the worker go: it finishes what it has in flight and
+  /// closes its WebSockets (1001).
+  pub fn let_go(&self) {
+    if self.open_sockets() > 0 {
+      self.closing.set(true);
+      self.wake_task();
+    }
   }
 
   pub fn is_stopped(&self) -> bool {
