@@ -1057,8 +1057,10 @@ async fn startup_has_a_budget_of_its_own_apart_from_the_request_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_that_loops_is_stopped_and_the_next_request_starts_again() {
   within(90, async {
-    // The check at start-up passes; the first request's start loops forever.
-    let (control, hits) = control_server(&["ok", "spin"]).await;
+    // The check at start-up passes; the next two starts loop forever: the
+    // prewarmed isolate's, and (if that one failed before the first request
+    // came, as on a loaded machine) the one the first request starts.
+    let (control, hits) = control_server(&["ok", "spin", "spin"]).await;
     let config = startup_config(
       "startup-loop",
       &control,
@@ -1083,12 +1085,28 @@ async fn a_start_that_loops_is_stopped_and_the_next_request_starts_again() {
         10,
       )
       .await;
-    // Tried again, and this time it starts and stays warm.
+    // Tried again (once more if the first request rode on the prewarmed
+    // start), and then it starts and stays warm.
+    let mut tries = 0;
+    loop {
+      let (status, body) = get_host(&c, &srv, "localhost", "/").await;
+      if status == 200 {
+        assert_eq!(body, "started 1 (ok)");
+        break;
+      }
+      tries += 1;
+      assert!(
+        tries < 2,
+        "still {status} after {tries} more tries: {body:?}"
+      );
+    }
+    let started = *hits.lock().unwrap();
+    assert!(started == 4 || started == 5, "{started} starts");
     for _ in 0..3 {
       let (status, body) = get_host(&c, &srv, "localhost", "/").await;
       assert_eq!((status, body.as_str()), (200, "started 1 (ok)"));
     }
-    assert_eq!(*hits.lock().unwrap(), 3);
+    assert_eq!(*hits.lock().unwrap(), started, "the worker stays warm");
     srv.stop_cleanly().await;
   })
   .await;

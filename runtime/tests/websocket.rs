@@ -508,3 +508,18 @@ async fn a_worker_proxies_a_socket_to_an_upstream() {
   let (code, _) = close_frame(&mut socket).await;
   assert_eq!(code, 1000);
 }
+
+#[tokio::test]
+async fn hono_upgrade_websocket_for_cloudflare_workers_runs_unchanged() {
+  let server = serve_one_isolate(&fixture("hono-websocket.js"));
+  let c = client();
+  let (status, text) = get_text(&c, &server.url("/")).await;
+  assert_eq!((status, text.as_str()), (200, "hono with websockets"));
+  let mut socket = connect(&server, "/ws").await;
+  socket.send(Message::text("hi")).await.unwrap();
+  assert_eq!(next(&mut socket).await, Message::text("echo: hi"));
+  socket.send(Message::text("count")).await.unwrap();
+  assert_eq!(next(&mut socket).await, Message::text("count: 2"));
+  socket.close(None).await.unwrap();
+  let _ = close_frame(&mut socket).await;
+}
