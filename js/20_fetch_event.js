@@ -180,7 +180,15 @@ function respond(id, value) {
       op_respond_error(id, error?.stack ?? String(error));
       return;
     }
-    bindPeer(op_respond_websocket(id, headers));
+    let rid;
+    try {
+      rid = op_respond_websocket(id, headers);
+    } catch (error) {
+      // Refused (the worker's limits.websockets): a 500 with the error.
+      op_respond_error(id, error?.stack ?? String(error));
+      return;
+    }
+    bindPeer(rid);
     return;
   }
   if (

@@ -3,6 +3,8 @@
 // calls it, and it removes itself and every engine internal from the
 // global scope before the user's module is loaded.
 import { core, primordials } from "ext:core/mod.js";
+// The global Date on the isolate's clock, before anything reads it.
+import "ext:runtime/03_date.js";
 // Fixes to deno_web's classes, made before anything uses them.
 import "ext:runtime/05_url.js";
 import "ext:runtime/06_urlpattern.js";

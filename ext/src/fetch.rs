@@ -505,6 +505,21 @@ pub async fn op_fetch_send(
     .resource_table
     .get::<FetchRequestResource>(rid)
     .map_err(|_| type_error("fetch failed: the request was aborted"))?;
+  // Held until the response head has come (or the fetch failed).
+  let in_flight = crate::quota::acquire_in(&state.borrow(), crate::quota::Quota::Subrequests);
+  let _in_flight = match in_flight {
+    Ok(permit) => permit,
+    Err(error) => {
+      let _ = state
+        .borrow_mut()
+        .resource_table
+        .take::<FetchRequestResource>(rid);
+      return Err(type_error(format!(
+        "fetch failed: {}: {error}",
+        resource.url
+      )));
+    }
+  };
   let request = resource.request.borrow_mut().take();
   let Some(request) = request else {
     return Err(type_error("fetch failed: the request was already sent"));

@@ -394,8 +394,9 @@ pub fn op_respond_error(state: &OpState, #[smi] id: u32, #[string] error: String
 /// Chunks read from a stream resource at a time.
 const STREAM_READ_SIZE: usize = 64 * 1024;
 
-/// The body of a response produced by a script.
-pub struct ResponseBody(BodyKind);
+/// The body of a response produced by a script, and the worker's quota
+/// permit for the request it answers (given back once the body is done).
+pub struct ResponseBody(BodyKind, Option<crate::quota::QuotaPermit>);
 
 enum BodyKind {
   Full(Option<Bytes>),
@@ -408,19 +409,28 @@ enum BodyKind {
 
 impl ResponseBody {
   pub fn empty() -> Self {
-    Self(BodyKind::Full(None))
+    Self(BodyKind::Full(None), None)
   }
 
   pub fn full(bytes: Bytes) -> Self {
-    Self(BodyKind::Full(Some(bytes).filter(|b| !b.is_empty())))
+    Self(BodyKind::Full(Some(bytes).filter(|b| !b.is_empty())), None)
   }
 
   pub fn stream(resource: Rc<dyn Resource>) -> Self {
-    Self(BodyKind::Stream {
-      resource,
-      pending: None,
-      done: false,
-    })
+    Self(
+      BodyKind::Stream {
+        resource,
+        pending: None,
+        done: false,
+      },
+      None,
+    )
+  }
+
+  /// Keeps `permit` until the body is done (sent whole, failed, or dropped
+  /// with a client that went away).
+  pub fn hold(&mut self, permit: crate::quota::QuotaPermit) {
+    self.1 = Some(permit);
   }
 }
 

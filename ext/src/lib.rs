@@ -5,24 +5,28 @@
 pub mod body;
 pub mod cache;
 pub mod cache_memory;
+pub mod clock;
 pub mod console;
 pub mod crypto;
 pub mod fetch;
 pub mod http;
 pub mod integrity;
 pub mod outbound;
+pub mod quota;
 pub mod url;
 pub mod websocket;
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
 
-use deno_core::Extension;
+use deno_core::{Extension, OpDecl};
 
 deno_core::extension!(
   runtime,
   deps = [deno_webidl, deno_web, deno_crypto],
   ops = [
     console::op_log,
+    clock::op_date_now,
     cache::op_cache_put_begin,
     cache::op_cache_put_chunk,
     cache::op_cache_put_abort,
@@ -64,6 +68,7 @@ deno_core::extension!(
   esm = [
     dir "../js",
     "00_web.js",
+    "03_date.js",
     "05_url.js",
     "06_urlpattern.js",
     "10_headers.js",
@@ -90,8 +95,9 @@ deno_core::extension!(
 pub fn extensions() -> Vec<Extension> {
   vec![
     deno_webidl::deno_webidl::init(),
-    // With ada's URL parsing in place of the `url` crate's (url.rs).
-    url::replace_url_ops(deno_web::deno_web::init(
+    // With ada's URL parsing in place of the `url` crate's (url.rs), and
+    // the isolate's own clock for performance.now() (clock.rs).
+    replace_web_ops(deno_web::deno_web::init(
       Arc::new(deno_web::BlobStore::default()),
       None,
       false,
@@ -101,3 +107,35 @@ pub fn extensions() -> Vec<Extension> {
     runtime::init(),
   ]
 }
+
+/// deno_web's extension with some of its ops' implementations swapped for
+/// ours (same names, signatures and contracts, so its JavaScript is used
+/// unchanged). The table is rewritten once per process and borrowed by every
+/// isolate, where an op middleware would copy every extension's op table
+/// into each isolate. The snapshot is built with the same list
+/// ([`extensions`]), so the op bindings it holds, which isolates use as they
+/// are, are these.
+fn replace_web_ops(mut web: Extension) -> Extension {
+  static OPS: OnceLock<OpTable> = OnceLock::new();
+  let ops = OPS.get_or_init(|| {
+    let mut ops = web.ops.to_vec();
+    let ours = url::replacement_ops().into_iter().chain([clock::op_now()]);
+    for ours in ours {
+      let theirs = ops.iter_mut().find(|op| op.name == ours.name);
+      let theirs = theirs.unwrap_or_else(|| panic!("deno_web has no {}", ours.name));
+      *theirs = theirs.with_implementation_from(&ours);
+    }
+    OpTable(ops)
+  });
+  web.ops = Cow::Borrowed(ops.0.as_slice());
+  web
+}
+
+struct OpTable(Vec<OpDecl>);
+
+// SAFETY: an `OpDecl` is not `Sync`/`Send` only because it holds raw
+// pointers, to functions and to V8 fast-call signatures in static memory; the
+// table is never written after it is built, like the static tables of the
+// `extension!` macro that every thread shares.
+unsafe impl Sync for OpTable {}
+unsafe impl Send for OpTable {}

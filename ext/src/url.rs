@@ -4,15 +4,12 @@
 //! in spaces, `file:` hosts, the `/.` prefix of a path starting with `//`,
 //! percent-encoding of `^` in paths, some setters). These ops have the same
 //! names, signatures and contract as deno_web's (see its `url.rs` and
-//! `00_url.js`), and `replace_url_ops` swaps their implementations into
+//! `00_url.js`), and `crate::replace_web_ops` swaps their implementations into
 //! deno_web's op table, so its JavaScript is used unchanged.
 //! URLSearchParams keeps deno_web's ops: its form-urlencoded parsing and
 //! serializing already pass the tests.
 
-use std::borrow::Cow;
-use std::sync::OnceLock;
-
-use deno_core::{op2, Extension, OpDecl, OpState};
+use deno_core::{op2, OpDecl, OpState};
 
 /// What the parse ops return, as deno_web's JavaScript reads it.
 #[repr(u32)]
@@ -159,37 +156,13 @@ fn has_invalid_ace_label(url: &ada_url::Url) -> bool {
     && idna::domain_to_ascii_cow(host.as_bytes(), idna::AsciiDenyList::URL).is_err()
 }
 
-/// deno_web's extension with the ops above in place of its own URL ops (same
-/// names and positions). The table is rewritten once per process and
-/// borrowed by every isolate, where an op middleware would copy every
-/// extension's op table into each isolate. The snapshot is built with the
-/// same list (`crate::extensions`), so the op bindings it holds, which
-/// isolates use as they are, are these.
-pub fn replace_url_ops(mut web: Extension) -> Extension {
-  static OPS: OnceLock<OpTable> = OnceLock::new();
-  let ops = OPS.get_or_init(|| {
-    let mut ops = web.ops.to_vec();
-    for ours in [
-      op_url_parse(),
-      op_url_parse_with_base(),
-      op_url_get_serialization(),
-      op_url_reparse(),
-    ] {
-      let theirs = ops.iter_mut().find(|op| op.name == ours.name);
-      let theirs = theirs.unwrap_or_else(|| panic!("deno_web has no {}", ours.name));
-      *theirs = theirs.with_implementation_from(&ours);
-    }
-    OpTable(ops)
-  });
-  web.ops = Cow::Borrowed(ops.0.as_slice());
-  web
+/// The ops above, to take the place of deno_web's own of the same names and
+/// contracts (see `crate::replace_web_ops`).
+pub(crate) fn replacement_ops() -> [OpDecl; 4] {
+  [
+    op_url_parse(),
+    op_url_parse_with_base(),
+    op_url_get_serialization(),
+    op_url_reparse(),
+  ]
 }
-
-struct OpTable(Vec<OpDecl>);
-
-// SAFETY: an `OpDecl` is not `Sync`/`Send` only because it holds raw
-// pointers, to functions and to V8 fast-call signatures in static memory; the
-// table is never written after it is built, like the static tables of the
-// `extension!` macro that every thread shares.
-unsafe impl Sync for OpTable {}
-unsafe impl Send for OpTable {}

@@ -44,6 +44,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::console::ScriptName;
 use crate::http::{answer_response, build_response, HandlerOutcome, ResponseBody};
 use crate::outbound::OutboundPolicy;
+use crate::quota::{acquire_in, Quota, QuotaPermit};
 
 /// A worker's WebSocket limits (`limits.websocket_*` of its config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +128,9 @@ pub struct PeerLink {
   pub limits: WebSocketLimits,
   /// For log lines.
   pub worker: String,
+  /// The socket's unit of the worker's `limits.websockets`, held while the
+  /// pump runs.
+  _permit: Option<QuotaPermit>,
 }
 
 /// The WebSocket a 101 response carries to the server, which takes it to
@@ -216,6 +220,7 @@ fn new_socket(
   state: &mut OpState,
   protocol: String,
   response_headers: String,
+  permit: Option<QuotaPermit>,
 ) -> (ResourceId, PeerLink) {
   let limits = state
     .try_borrow::<WebSocketLimits>()
@@ -251,6 +256,7 @@ fn new_socket(
     shared,
     limits,
     worker,
+    _permit: permit,
   };
   (rid, link)
 }
@@ -265,8 +271,9 @@ pub fn op_respond_websocket<'s>(
   #[smi] id: u32,
   headers: v8::Local<'s, v8::Array>,
 ) -> Result<ResourceId, JsErrorBox> {
+  let permit = acquire_in(state, Quota::WebSockets).map_err(JsErrorBox::range_error)?;
   let mut response = build_response(scope, 101, headers, ResponseBody::empty())?;
-  let (rid, link) = new_socket(state, String::new(), String::new());
+  let (rid, link) = new_socket(state, String::new(), String::new(), permit);
   response
     .extensions_mut()
     .insert(WebSocketUpgrade(Arc::new(Mutex::new(Some(link)))));
@@ -525,6 +532,8 @@ pub async fn op_ws_connect(
   let port = parsed
     .port_or_known_default()
     .unwrap_or(if tls { 443 } else { 80 });
+  let permit = acquire_in(&state.borrow(), Quota::WebSockets)
+    .map_err(|e| type_error(format!("WebSocket connection to {url} refused: {e}")))?;
   let policy = state
     .borrow()
     .try_borrow::<Arc<OutboundPolicy>>()
@@ -615,7 +624,7 @@ pub async fn op_ws_connect(
       lines.push_str(value);
     }
   }
-  let (rid, link) = new_socket(&mut state.borrow_mut(), protocol, lines);
+  let (rid, link) = new_socket(&mut state.borrow_mut(), protocol, lines, permit);
   deno_core::unsync::spawn(pump(ws, link, std::future::pending::<()>()));
   Ok(rid)
 }
@@ -645,6 +654,7 @@ where
     shared,
     limits,
     worker,
+    _permit,
   } = link;
   let (mut sink, mut stream) = ws.split();
   let (control, mut controls) = mpsc::unbounded_channel::<Control>();
@@ -653,6 +663,9 @@ where
   // is awaited until a deadline).
   let close_sent: Cell<Option<Instant>> = Cell::new(None);
   let close_asked: Cell<Option<Instant>> = Cell::new(None);
+  // Wakes the reader when our close frame goes out, so that it waits for
+  // the reply until CLOSE_REPLY_TIMEOUT rather than until the idle timeout.
+  let close_went_out = tokio::sync::Notify::new();
   // JavaScript got its close event: nothing more goes to it.
   let js_closed = Cell::new(false);
 
@@ -676,6 +689,7 @@ where
       };
       let next = tokio::select! {
         next = stream.next() => next,
+        () = close_went_out.notified() => continue,
         () = tokio::time::sleep_until(deadline) => {
           if close_sent.get().or(close_asked.get()).is_some() {
             // The peer never answered our close frame.
@@ -767,6 +781,7 @@ where
     let send_close = |code: Option<u16>, reason: String| {
       close_sent.get().is_none().then(|| {
         close_sent.set(Some(Instant::now()));
+        close_went_out.notify_one();
         Message::Close(code.map(|code| CloseFrame {
           code: CloseCode::from(code),
           reason: reason.into(),

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use runtime_cache::CacheSettings;
 use runtime_ext::cache::CacheScope;
 use runtime_ext::outbound::OutboundPolicy;
+use runtime_ext::quota::{QuotaLimits, WorkerQuotas};
 use runtime_ext::websocket::WebSocketLimits;
 use runtime_kv::{Durability, Namespace, NamespaceConfig, StoreSpec};
 
@@ -78,6 +79,8 @@ struct EngineSection {
   max_memory_mb: Option<u64>,
   /// The outbound policy of workers that set none (default `["public"]`).
   outbound: Option<Vec<String>>,
+  /// Whether workers that set none see frozen clocks (default true).
+  coarse_time: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +106,8 @@ struct WorkerSection {
   kv: BTreeMap<String, String>,
   /// Where its fetch() may connect (default: the engine's).
   outbound: Option<Vec<String>>,
+  /// Clocks frozen while JavaScript runs (default: the engine's).
+  coarse_time: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -116,6 +121,9 @@ struct LimitsSection {
   websocket_message_kb: Option<u64>,
   websocket_buffer_kb: Option<u64>,
   websocket_idle_s: Option<u64>,
+  concurrent_requests: Option<usize>,
+  websockets: Option<usize>,
+  subrequests_in_flight: Option<usize>,
 }
 
 /// How much a worker's requests share.
@@ -148,6 +156,9 @@ pub struct WorkerLimits {
   pub subrequests: u32,
   /// Message size, send buffer and idle timeout of its WebSockets.
   pub websocket: WebSocketLimits,
+  /// What it may hold at once, across the process: requests in flight,
+  /// open WebSockets, fetches in flight.
+  pub quotas: QuotaLimits,
 }
 
 impl WorkerLimits {
@@ -164,6 +175,7 @@ impl Default for WorkerLimits {
       memory_mb: Self::DEFAULT_MEMORY_MB,
       subrequests: 50,
       websocket: WebSocketLimits::default(),
+      quotas: QuotaLimits::default(),
     }
   }
 }
@@ -192,6 +204,12 @@ pub struct WorkerConfig {
   pub cache: Option<CacheScope>,
   /// Where its `fetch()` may connect.
   pub outbound: Arc<OutboundPolicy>,
+  /// The counts of `limits.quotas`, shared by its isolates on every thread.
+  pub quotas: Arc<WorkerQuotas>,
+  /// `Date.now()` and `performance.now()` give the time of the last I/O
+  /// event and stand still while JavaScript runs, as in Workers (no timer
+  /// fine enough for Spectre-class attacks).
+  pub coarse_time: bool,
 }
 
 /// One cron trigger: Workers' five fields (minute hour day-of-month month
@@ -301,6 +319,9 @@ impl EngineConfig {
         crons,
         cache: None,
         outbound: Arc::new(outbound),
+        // A script you run yourself: its clocks are fine-grained.
+        coarse_time: false,
+        quotas: WorkerQuotas::new(limits.quotas),
       }],
     })
   }
@@ -428,7 +449,26 @@ impl EngineConfig {
             .websocket_idle_s
             .map_or(defaults.websocket.idle_timeout, Duration::from_secs),
         },
+        quotas: QuotaLimits {
+          concurrent_requests: w
+            .limits
+            .concurrent_requests
+            .unwrap_or(defaults.quotas.concurrent_requests),
+          websockets: w.limits.websockets.unwrap_or(defaults.quotas.websockets),
+          subrequests_in_flight: w
+            .limits
+            .subrequests_in_flight
+            .unwrap_or(defaults.quotas.subrequests_in_flight),
+        },
       };
+      if limits.quotas.concurrent_requests == 0
+        || limits.quotas.websockets == 0
+        || limits.quotas.subrequests_in_flight == 0
+      {
+        bail!(
+          "{at}.limits: concurrent_requests, websockets and subrequests_in_flight must be positive"
+        );
+      }
       if limits.websocket.max_message_bytes == 0
         || limits.websocket.max_buffered_bytes == 0
         || limits.websocket.idle_timeout.is_zero()
@@ -466,6 +506,8 @@ impl EngineConfig {
         crons,
         cache: None,
         outbound,
+        quotas: WorkerQuotas::new(limits.quotas),
+        coarse_time: w.coarse_time.or(file.engine.coarse_time).unwrap_or(true),
       });
     }
     if let Some(mb) = file.engine.max_memory_mb {

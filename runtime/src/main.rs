@@ -43,6 +43,11 @@ struct ServeArgs {
   /// "local", CIDRs and host[:port] names (runtime.toml sets `outbound`).
   #[arg(long, value_name = "LIST", value_delimiter = ',')]
   outbound: Vec<String>,
+  /// Freeze Date.now() and performance.now() while JavaScript runs, as
+  /// Workers does (the default for the workers of a runtime.toml, which sets
+  /// `coarse_time`).
+  #[arg(long)]
+  coarse_time: bool,
   /// The [env.NAME] section of a wrangler project to serve.
   #[arg(long, value_name = "NAME")]
   env: Option<String>,
@@ -136,6 +141,15 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
       "--outbound is for a script or a wrangler project: runtime.toml sets `outbound` per worker or in [engine]"
     );
   }
+  if args.coarse_time
+    && config_file
+      .as_deref()
+      .is_some_and(|f| !runtime::wrangler::is_wrangler_file(f))
+  {
+    anyhow::bail!(
+      "--coarse-time is for a script or a wrangler project: runtime.toml sets `coarse_time` per worker or in [engine]"
+    );
+  }
   let outbound = if args.outbound.is_empty() {
     runtime_ext::outbound::OutboundPolicy::any()
   } else {
@@ -149,12 +163,13 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         env: args.env.as_deref(),
         state_dir: &args.state_dir,
         outbound: outbound.clone(),
+        coarse_time: args.coarse_time,
       },
     )?,
     (Some(path), _) => EngineConfig::load(path, |key| std::env::var(key).ok())?,
     (None, Some(script)) => {
       runtime::config::check_against_cage("--memory-limit", args.memory_limit)?;
-      EngineConfig::single(
+      let mut config = EngineConfig::single(
         script,
         match args.isolation {
           IsolationArg::Isolate => Isolation::Isolate,
@@ -174,7 +189,9 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         &args.kv,
         &args.state_dir,
         outbound,
-      )?
+      )?;
+      config.workers[0].coarse_time = args.coarse_time;
+      config
     }
     (None, None) => anyhow::bail!("a script or --config is required"),
   };

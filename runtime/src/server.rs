@@ -21,6 +21,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use runtime_ext::http::{BoxError, HandlerOutcome, ResponseBody};
+use runtime_ext::quota::Quota;
 use runtime_ext::websocket::{PeerLink, WebSocketUpgrade};
 use tokio::sync::{oneshot, watch};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -528,6 +529,18 @@ async fn handle(
   if ctx.shared.test_scheduled && parts.uri.path() == "/__scheduled" {
     return Ok(run_scheduled_for_test(&ctx, worker, parts.uri.query()).await);
   }
+  // One tenant's burst may not take every connection slot: past its
+  // `limits.concurrent_requests` a worker's requests get a 503 at once.
+  let permit = match ctx.pool.worker(worker).quotas.acquire(Quota::Requests) {
+    Ok(permit) => permit,
+    Err(reason) => {
+      tracing::warn!(worker = %worker_name, "503: {reason}");
+      return Ok(plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable: the worker has too many requests in flight.\n",
+      ));
+    }
+  };
   let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
   let mut url = String::with_capacity(7 + host.len() + path.len());
   url.push_str("http://");
@@ -583,12 +596,14 @@ async fn handle(
     return Ok(plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"));
   }
   Ok(match outcome {
-    Ok(HandlerOutcome::Response(response)) => {
+    Ok(HandlerOutcome::Response(mut response)) => {
       let Some(link) = response
         .extensions()
         .get::<WebSocketUpgrade>()
         .and_then(WebSocketUpgrade::take)
       else {
+        // The request is in flight until its body has gone out.
+        response.body_mut().hold(permit);
         return Ok(response);
       };
       match upgrade {

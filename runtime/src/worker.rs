@@ -17,6 +17,7 @@ use anyhow::{anyhow, Context as _};
 use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions};
 use http::HeaderMap;
 use runtime_ext::cache::CacheScope;
+use runtime_ext::clock::IsolateClock;
 use runtime_ext::console::ScriptName;
 use runtime_ext::http::{HandlerOutcome, RequestBody, RequestBodyResource, SharedResponses};
 use runtime_ext::websocket::WebSockets;
@@ -278,6 +279,9 @@ pub struct Worker {
   responses: SharedResponses,
   /// Its open WebSockets (also in its `OpState`).
   sockets: Rc<WebSockets>,
+  /// Its frozen clock when coarse time is on (also in its `OpState`, for the
+  /// clock ops): moved on before each turn.
+  clock: Option<Rc<IsolateClock>>,
 }
 
 impl Drop for Worker {
@@ -365,6 +369,7 @@ impl Worker {
     } = spare;
     loader.set_root(root);
     let sockets = Rc::new(WebSockets::default());
+    let clock = config.coarse_time.then(IsolateClock::new);
     rt.with(|runtime| {
       {
         let state = runtime.op_state();
@@ -376,8 +381,12 @@ impl Worker {
           config.kv.iter().map(|(_, ns)| ns.clone()).collect(),
         ));
         state.put(config.outbound.clone());
+        state.put(config.quotas.clone());
         state.put(config.limits.websocket);
         state.put(sockets.clone());
+        if let Some(clock) = &clock {
+          state.put(clock.clone());
+        }
         state.put(
           config
             .cache
@@ -409,6 +418,7 @@ impl Worker {
     let cpu_budget = Duration::from_millis(config.limits.cpu_ms);
     let startup_budget = Duration::from_millis(config.limits.startup_ms);
     let poison_at_load = poison.clone();
+    let clock_at_load = clock.clone();
     let runtime = &mut *rt.runtime;
     let startup_spent = InIsolate {
       isolate,
@@ -422,7 +432,14 @@ impl Worker {
         if !guessed_module {
           define_globals(runtime, bindings, true);
         }
-        let spent = evaluate_with_limits(runtime, module_id, &cpu, startup_budget, &poison_at_load)
+        let spent = evaluate_with_limits(
+          runtime,
+          module_id,
+          &cpu,
+          startup_budget,
+          &poison_at_load,
+          clock_at_load.as_deref(),
+        )
           .await
           .with_context(|| format!("{}: top-level code", script.display()))?;
         loader.seal();
@@ -473,6 +490,7 @@ impl Worker {
       memory_mb: config.limits.memory_mb,
       responses,
       sockets,
+      clock,
     })
   }
 
@@ -481,6 +499,8 @@ impl Worker {
   /// produced it; returns whether it has already (the handler answered
   /// without waiting on anything).
   fn dispatch(&mut self, request: IncomingRequest) -> bool {
+    // A request is an I/O event: the clock shows its arrival.
+    self.tick_clock();
     let IncomingRequest {
       method,
       url,
@@ -590,6 +610,12 @@ impl Worker {
 
   /// What a turn of the event loop may use: the scheduled events' limit
   /// while one is still running, else the per-request one.
+  fn tick_clock(&self) {
+    if let Some(clock) = &self.clock {
+      clock.tick();
+    }
+  }
+
   fn turn_budget(&mut self) -> Duration {
     if self.scheduled_in_flight.is_empty() {
       return self.cpu_budget;
@@ -671,6 +697,9 @@ impl Worker {
         }
       }
       let result = {
+        // Something woke the isolate (I/O, a timer): its frozen clock shows
+        // this moment until the next wake.
+        self.tick_clock();
         let budget = self.turn_budget();
         let slice = self.cpu.begin(&self.isolate_handle, budget);
         let result = self
@@ -1137,6 +1166,7 @@ async fn evaluate_with_limits(
   cpu: &CpuSlot,
   startup: Duration,
   poison: &Poison,
+  clock: Option<&IsolateClock>,
 ) -> anyhow::Result<Duration> {
   let handle = runtime.v8_isolate().thread_safe_handle();
   let spent = Cell::new(Duration::ZERO);
@@ -1144,6 +1174,9 @@ async fn evaluate_with_limits(
   // budget, the CPU it took added to what start-up has spent.
   let slice = |run: &mut dyn FnMut()| -> Option<anyhow::Error> {
     let left = startup.saturating_sub(spent.get());
+    if let Some(clock) = clock {
+      clock.tick();
+    }
     let before = cpu.thread_cpu();
     let fired = {
       let slice = cpu.begin(&handle, left);

@@ -40,6 +40,9 @@ pub struct ProjectOptions<'a> {
   /// Where the worker's fetch() may connect (a project you run yourself:
   /// anywhere, unless `--outbound` says otherwise).
   pub outbound: OutboundPolicy,
+  /// Frozen clocks, as in production (a project you run yourself gets
+  /// fine-grained ones unless `--coarse-time` says otherwise).
+  pub coarse_time: bool,
 }
 
 /// Keys an `[env.NAME]` section takes from the top level when it does not set
@@ -304,6 +307,8 @@ pub fn load(path: &Path, options: &ProjectOptions) -> anyhow::Result<EngineConfi
       crons,
       cache: None,
       outbound: std::sync::Arc::new(options.outbound.clone()),
+      coarse_time: options.coarse_time,
+      quotas: runtime_ext::quota::WorkerQuotas::new(limits.quotas),
     }],
   })
 }

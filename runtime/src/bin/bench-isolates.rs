@@ -81,6 +81,8 @@ fn worker_config(name: String, main: &std::path::Path) -> WorkerConfig {
     crons: Vec::new(),
     cache: None,
     outbound: std::sync::Arc::new(runtime_ext::outbound::OutboundPolicy::any()),
+    coarse_time: false,
+    quotas: runtime_ext::quota::WorkerQuotas::new(Default::default()),
   }
 }
 
