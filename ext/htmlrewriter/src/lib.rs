@@ -60,6 +60,7 @@ pub enum Event {
   Element {
     handler: u32,
     tag_name: String,
+    #[serde(rename = "namespaceURI")]
     namespace_uri: &'static str,
     attributes: Vec<(String, String)>,
     removed: bool,
