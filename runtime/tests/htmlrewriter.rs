@@ -26,16 +26,13 @@ fn proc_status(pid: u32, field: &str) -> u64 {
     .lines()
     .find(|l| l.starts_with(field))
     .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-  line
-    .split_whitespace()
-    .nth(1)
-    .unwrap()
-    .parse()
-    .unwrap()
+  line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 fn threads(pid: u32) -> usize {
-  std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count()
+  std::fs::read_dir(format!("/proc/{pid}/task"))
+    .unwrap()
+    .count()
 }
 
 const REWRITTEN_PAGE: &str = r#"<!DOCTYPE html>
@@ -167,7 +164,10 @@ async fn a_throwing_handler_fails_the_stream_and_is_logged() {
       Ok(body) => assert!(!body.contains("</html>"), "the body ran to its end: {body}"),
     }
     server
-      .wait_for_stderr("HTMLRewriter: the transform failed: Error: boom from the handler", 10)
+      .wait_for_stderr(
+        "HTMLRewriter: the transform failed: Error: boom from the handler",
+        10,
+      )
       .await;
     // The isolate carries on.
     let (status, body) = get_text(&client(), &server.url("/links")).await;
@@ -211,7 +211,10 @@ async fn bad_selectors_and_stale_tokens_are_type_errors() {
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
-  haystack.windows(needle.len()).filter(|w| *w == needle).count()
+  haystack
+    .windows(needle.len())
+    .filter(|w| *w == needle)
+    .count()
 }
 
 /// Streams `url`'s body, returning its length, its last bytes and how many
@@ -302,7 +305,13 @@ async fn rewriter_threads_end_with_their_streams() {
     }
     // Streams whose handler failed.
     for _ in 0..5 {
-      let _ = client().get(server.url("/throw")).send().await.unwrap().text().await;
+      let _ = client()
+        .get(server.url("/throw"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await;
     }
     let start = Instant::now();
     loop {

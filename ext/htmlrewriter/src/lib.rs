@@ -21,7 +21,9 @@ use std::rc::Rc;
 use std::sync::mpsc as std_mpsc;
 
 use deno_core::convert::Uint8Array;
-use deno_core::{op2, AsyncRefCell, CancelFuture, CancelHandle, OpState, RcRef, Resource, ResourceId};
+use deno_core::{
+  op2, AsyncRefCell, CancelFuture, CancelHandle, OpState, RcRef, Resource, ResourceId,
+};
 use deno_error::JsErrorBox;
 use lol_html::html_content::{Comment, ContentType, Element, EndTag, TextChunk};
 use lol_html::{
@@ -309,14 +311,16 @@ fn encoding(label: &str) -> AsciiCompatibleEncoding {
 }
 
 fn parse_selector(selector: &str) -> Result<Selector, JsErrorBox> {
-  selector.parse::<Selector>().map_err(|e| {
-    JsErrorBox::type_error(format!(
-      "The selector \"{selector}\" is invalid: {e}"
-    ))
-  })
+  selector
+    .parse::<Selector>()
+    .map_err(|e| JsErrorBox::type_error(format!("The selector \"{selector}\" is invalid: {e}")))
 }
 
-fn run(registrations: Vec<(Option<String>, u32)>, encoding: AsciiCompatibleEncoding, bridge: Rc<Bridge>) {
+fn run(
+  registrations: Vec<(Option<String>, u32)>,
+  encoding: AsciiCompatibleEncoding,
+  bridge: Rc<Bridge>,
+) {
   // Not strict, as in workerd: text that could be parsed more than one
   // way is rewritten anyway rather than failing the stream.
   let mut settings = Settings::new().with_encoding(encoding).with_strict(false);
@@ -335,7 +339,11 @@ fn run(registrations: Vec<(Option<String>, u32)>, encoding: AsciiCompatibleEncod
               handler,
               tag_name: el.tag_name(),
               namespace_uri: el.namespace_uri(),
-              attributes: el.attributes().iter().map(|a| (a.name(), a.value())).collect(),
+              attributes: el
+                .attributes()
+                .iter()
+                .map(|a| (a.name(), a.value()))
+                .collect(),
               removed: el.removed(),
               can_have_content: el.can_have_content(),
             };
@@ -539,7 +547,10 @@ pub fn op_html_rewriter_output(
 
 #[op2]
 #[serde]
-pub fn op_html_rewriter_event(state: &OpState, #[smi] rid: ResourceId) -> Result<Event, JsErrorBox> {
+pub fn op_html_rewriter_event(
+  state: &OpState,
+  #[smi] rid: ResourceId,
+) -> Result<Event, JsErrorBox> {
   match take_current(state, rid)? {
     Some(Message::Event(event)) => Ok(event),
     _ => Err(JsErrorBox::generic("HTMLRewriter: no event to take")),
@@ -548,7 +559,10 @@ pub fn op_html_rewriter_event(state: &OpState, #[smi] rid: ResourceId) -> Result
 
 #[op2]
 #[string]
-pub fn op_html_rewriter_error(state: &OpState, #[smi] rid: ResourceId) -> Result<String, JsErrorBox> {
+pub fn op_html_rewriter_error(
+  state: &OpState,
+  #[smi] rid: ResourceId,
+) -> Result<String, JsErrorBox> {
   match take_current(state, rid)? {
     Some(Message::Error(message)) => Ok(message),
     _ => Ok("HTMLRewriter failed".into()),
