@@ -21,6 +21,7 @@ import { fetch } from "ext:runtime/30_fetch.js";
 import { getCrypto } from "ext:runtime/40_crypto.js";
 import { Cache, caches, CacheStorage } from "ext:runtime/55_cache.js";
 import { WebSocket, WebSocketPair } from "ext:runtime/58_websocket.js";
+import { HTMLRewriter } from "ext:runtime/60_html_rewriter.js";
 
 const {
   ArrayBuffer,
@@ -300,6 +301,7 @@ const globalScope = {
   FetchEvent: nonEnumerable(FetchEvent),
   FormData: nonEnumerable(FormData),
   Headers: nonEnumerable(Headers),
+  HTMLRewriter: nonEnumerable(HTMLRewriter),
   Navigator: nonEnumerable(Navigator),
   Request: nonEnumerable(Request),
   ScheduledController: nonEnumerable(ScheduledController),
