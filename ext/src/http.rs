@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
 use crate::body::BodyReader;
+use crate::quota::{Quota, QuotaPermit, WorkerQuotas};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body as the engine hands it over (already size-limited).
@@ -394,9 +396,25 @@ pub fn op_respond_error(state: &OpState, #[smi] id: u32, #[string] error: String
 /// Chunks read from a stream resource at a time.
 const STREAM_READ_SIZE: usize = 64 * 1024;
 
-/// The body of a response produced by a script, and the worker's quota
-/// permit for the request it answers (given back once the body is done).
-pub struct ResponseBody(BodyKind, Option<crate::quota::QuotaPermit>);
+/// Bodies smaller than this are not counted against
+/// `limits.pending_response_bytes`: the socket takes them at once, and
+/// `limits.concurrent_requests` bounds how many there are.
+const UNCOUNTED_BODY_BYTES: usize = 16 * 1024;
+
+/// A whole body goes to hyper in frames of this size: hyper copies each
+/// into its write buffer (no writev) and asks for the next only once that
+/// buffer has room, so the body waiting for a slow client stays here,
+/// counted, instead of doubling in hyper's buffer.
+const FULL_BODY_FRAME_BYTES: usize = 64 * 1024;
+
+/// The body of a response produced by a script, with the worker's quota
+/// permits: for the request it answers, and for the bytes of a whole body
+/// (each given back once the body is done).
+pub struct ResponseBody {
+  kind: BodyKind,
+  request: Option<QuotaPermit>,
+  bytes: Option<QuotaPermit>,
+}
 
 enum BodyKind {
   Full(Option<Bytes>),
@@ -408,29 +426,47 @@ enum BodyKind {
 }
 
 impl ResponseBody {
+  fn new(kind: BodyKind) -> Self {
+    Self {
+      kind,
+      request: None,
+      bytes: None,
+    }
+  }
+
   pub fn empty() -> Self {
-    Self(BodyKind::Full(None), None)
+    Self::new(BodyKind::Full(None))
   }
 
   pub fn full(bytes: Bytes) -> Self {
-    Self(BodyKind::Full(Some(bytes).filter(|b| !b.is_empty())), None)
+    Self::new(BodyKind::Full(Some(bytes).filter(|b| !b.is_empty())))
   }
 
   pub fn stream(resource: Rc<dyn Resource>) -> Self {
-    Self(
-      BodyKind::Stream {
-        resource,
-        pending: None,
-        done: false,
-      },
-      None,
-    )
+    Self::new(BodyKind::Stream {
+      resource,
+      pending: None,
+      done: false,
+    })
   }
 
   /// Keeps `permit` until the body is done (sent whole, failed, or dropped
   /// with a client that went away).
-  pub fn hold(&mut self, permit: crate::quota::QuotaPermit) {
-    self.1 = Some(permit);
+  pub fn hold(&mut self, permit: QuotaPermit) {
+    self.request = Some(permit);
+  }
+
+  /// Counts a whole body's bytes against the worker's
+  /// `limits.pending_response_bytes` until it has gone to the socket; `Err`
+  /// (for a 503) if that would pass the quota. A stream is not counted: it
+  /// is read only as fast as the client takes it.
+  pub fn count_against(&mut self, quotas: &Arc<WorkerQuotas>) -> Result<(), String> {
+    if let BodyKind::Full(Some(bytes)) = &self.kind {
+      if bytes.len() >= UNCOUNTED_BODY_BYTES {
+        self.bytes = Some(quotas.acquire_units(Quota::ResponseBytes, bytes.len())?);
+      }
+    }
+    Ok(())
   }
 }
 
@@ -438,7 +474,7 @@ impl Drop for ResponseBody {
   fn drop(&mut self) {
     // A client that went away, or a finished stream: either way the
     // resource's producer (a JS reader) must learn it can stop.
-    if let BodyKind::Stream { resource, .. } = &self.0 {
+    if let BodyKind::Stream { resource, .. } = &self.kind {
       resource.clone().close();
     }
   }
@@ -452,8 +488,13 @@ impl Body for ResponseBody {
     mut self: Pin<&mut Self>,
     cx: &mut Context<'_>,
   ) -> Poll<Option<Result<Frame<Bytes>, JsErrorBox>>> {
-    match &mut self.0 {
-      BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+    match &mut self.kind {
+      BodyKind::Full(slot) => Poll::Ready(match slot {
+        Some(bytes) if bytes.len() > FULL_BODY_FRAME_BYTES => {
+          Some(Ok(Frame::data(bytes.split_to(FULL_BODY_FRAME_BYTES))))
+        }
+        _ => slot.take().map(|b| Ok(Frame::data(b))),
+      }),
       BodyKind::Stream {
         resource,
         pending,
@@ -481,14 +522,14 @@ impl Body for ResponseBody {
   }
 
   fn is_end_stream(&self) -> bool {
-    match &self.0 {
+    match &self.kind {
       BodyKind::Full(bytes) => bytes.is_none(),
       BodyKind::Stream { done, .. } => *done,
     }
   }
 
   fn size_hint(&self) -> SizeHint {
-    match &self.0 {
+    match &self.kind {
       BodyKind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
       BodyKind::Stream { .. } => SizeHint::default(),
     }

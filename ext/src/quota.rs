@@ -1,7 +1,8 @@
 //! Per-worker quotas: what one tenant may hold at once, counted across the
 //! process (every server thread's isolate of the worker shares one count),
 //! so that one tenant's burst cannot take what the others need: requests in
-//! flight, open WebSockets, and fetches waiting for their response.
+//! flight, open WebSockets, fetches waiting for their response, and the
+//! bytes of response bodies still waiting to be written to slow clients.
 //!
 //! A quota that is full refuses with a clear error and a log line naming
 //! the worker and the limit; nothing queues without bound and nothing
@@ -25,6 +26,9 @@ pub struct QuotaLimits {
   /// `fetch()` calls waiting for their response head
   /// (`limits.subrequests_in_flight`).
   pub subrequests_in_flight: usize,
+  /// Bytes of response bodies handed to the server and not yet written to
+  /// their clients' sockets (`limits.pending_response_bytes`).
+  pub pending_response_bytes: usize,
 }
 
 impl Default for QuotaLimits {
@@ -33,6 +37,7 @@ impl Default for QuotaLimits {
       concurrent_requests: 1_000,
       websockets: 20_000,
       subrequests_in_flight: 256,
+      pending_response_bytes: 256 << 20,
     }
   }
 }
@@ -43,6 +48,7 @@ pub enum Quota {
   Requests,
   WebSockets,
   Subrequests,
+  ResponseBytes,
 }
 
 impl Quota {
@@ -52,6 +58,7 @@ impl Quota {
       Quota::Requests => "limits.concurrent_requests",
       Quota::WebSockets => "limits.websockets",
       Quota::Subrequests => "limits.subrequests_in_flight",
+      Quota::ResponseBytes => "limits.pending_response_bytes",
     }
   }
 
@@ -60,6 +67,7 @@ impl Quota {
       Quota::Requests => "requests in flight",
       Quota::WebSockets => "open WebSockets",
       Quota::Subrequests => "fetch() calls in flight",
+      Quota::ResponseBytes => "response bytes waiting for slow clients",
     }
   }
 }
@@ -72,6 +80,7 @@ pub struct WorkerQuotas {
   requests: AtomicUsize,
   websockets: AtomicUsize,
   subrequests: AtomicUsize,
+  response_bytes: AtomicUsize,
 }
 
 impl WorkerQuotas {
@@ -87,16 +96,26 @@ impl WorkerQuotas {
       Quota::Requests => (&self.requests, self.limits.concurrent_requests),
       Quota::WebSockets => (&self.websockets, self.limits.websockets),
       Quota::Subrequests => (&self.subrequests, self.limits.subrequests_in_flight),
+      Quota::ResponseBytes => (&self.response_bytes, self.limits.pending_response_bytes),
     }
   }
 
   /// Takes one unit of `quota`, held until the permit is dropped; `Err`
   /// says why not, for the script's error and the log.
   pub fn acquire(self: &Arc<Self>, quota: Quota) -> Result<QuotaPermit, String> {
+    self.acquire_units(quota, 1)
+  }
+
+  /// Takes `units` of `quota` at once (bytes, for `ResponseBytes`).
+  pub fn acquire_units(
+    self: &Arc<Self>,
+    quota: Quota,
+    units: usize,
+  ) -> Result<QuotaPermit, String> {
     let (count, limit) = self.slot(quota);
-    let taken = count.fetch_add(1, Ordering::AcqRel);
-    if taken >= limit {
-      count.fetch_sub(1, Ordering::AcqRel);
+    let taken = count.fetch_add(units, Ordering::AcqRel);
+    if taken.saturating_add(units) > limit {
+      count.fetch_sub(units, Ordering::AcqRel);
       return Err(format!(
         "too many {}: this worker's limit is {limit} ({})",
         quota.what(),
@@ -106,6 +125,7 @@ impl WorkerQuotas {
     Ok(QuotaPermit {
       quotas: self.clone(),
       quota,
+      units,
     })
   }
 
@@ -115,11 +135,12 @@ impl WorkerQuotas {
   }
 }
 
-/// One unit of a quota, given back when dropped.
+/// Units of a quota, given back when dropped.
 #[derive(Debug)]
 pub struct QuotaPermit {
   quotas: Arc<WorkerQuotas>,
   quota: Quota,
+  units: usize,
 }
 
 impl Drop for QuotaPermit {
@@ -128,7 +149,7 @@ impl Drop for QuotaPermit {
       .quotas
       .slot(self.quota)
       .0
-      .fetch_sub(1, Ordering::AcqRel);
+      .fetch_sub(self.units, Ordering::AcqRel);
   }
 }
 
@@ -170,5 +191,24 @@ mod tests {
     assert!(quotas.acquire(Quota::WebSockets).is_ok());
     // The other quotas are counted apart.
     assert_eq!(quotas.held(Quota::Requests), 0);
+  }
+
+  #[test]
+  fn bytes_are_taken_and_given_back_by_the_amount() {
+    let quotas = WorkerQuotas::new(QuotaLimits {
+      pending_response_bytes: 1000,
+      ..Default::default()
+    });
+    let a = quotas.acquire_units(Quota::ResponseBytes, 600).unwrap();
+    let error = quotas.acquire_units(Quota::ResponseBytes, 401).unwrap_err();
+    assert!(
+      error.ends_with("limit is 1000 (limits.pending_response_bytes)"),
+      "{error}"
+    );
+    let b = quotas.acquire_units(Quota::ResponseBytes, 400).unwrap();
+    assert_eq!(quotas.held(Quota::ResponseBytes), 1000);
+    drop(a);
+    drop(b);
+    assert_eq!(quotas.held(Quota::ResponseBytes), 0);
   }
 }

@@ -124,6 +124,7 @@ struct LimitsSection {
   concurrent_requests: Option<usize>,
   websockets: Option<usize>,
   subrequests_in_flight: Option<usize>,
+  pending_response_bytes: Option<usize>,
 }
 
 /// How much a worker's requests share.
@@ -459,14 +460,19 @@ impl EngineConfig {
             .limits
             .subrequests_in_flight
             .unwrap_or(defaults.quotas.subrequests_in_flight),
+          pending_response_bytes: w
+            .limits
+            .pending_response_bytes
+            .unwrap_or(defaults.quotas.pending_response_bytes),
         },
       };
       if limits.quotas.concurrent_requests == 0
         || limits.quotas.websockets == 0
         || limits.quotas.subrequests_in_flight == 0
+        || limits.quotas.pending_response_bytes == 0
       {
         bail!(
-          "{at}.limits: concurrent_requests, websockets and subrequests_in_flight must be positive"
+          "{at}.limits: concurrent_requests, websockets, subrequests_in_flight and pending_response_bytes must be positive"
         );
       }
       if limits.websocket.max_message_bytes == 0

@@ -602,6 +602,15 @@ async fn handle(
         .get::<WebSocketUpgrade>()
         .and_then(WebSocketUpgrade::take)
       else {
+        // A tenant's bodies waiting for slow clients are bounded too.
+        let quotas = &ctx.pool.worker(worker).quotas;
+        if let Err(reason) = response.body_mut().count_against(quotas) {
+          tracing::warn!(worker = %worker_name, "503: {reason}");
+          return Ok(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable: the worker's responses waiting for slow clients hold too much memory.\n",
+          ));
+        }
         // The request is in flight until its body has gone out.
         response.body_mut().hold(permit);
         return Ok(response);

@@ -22,7 +22,7 @@ fn config() -> PathBuf {
     format!(
       "[engine]\noutbound = [\"local\"]\n\
        [[workers]]\nname = \"small\"\nmain = {main:?}\nroutes = [\"*/small/*\"]\n\
-       limits = {{ concurrent_requests = 2, websockets = 2, subrequests_in_flight = 2 }}\n\
+       limits = {{ concurrent_requests = 2, websockets = 2, subrequests_in_flight = 2, pending_response_bytes = 12582912 }}\n\
        [[workers]]\nname = \"roomy\"\nmain = {main:?}\nroutes = [\"*/roomy/*\"]\n"
     ),
   )
@@ -208,6 +208,72 @@ async fn past_its_subrequests_in_flight_a_tenants_fetch_rejects_and_the_others_c
       "{}",
       srv.stderr()
     );
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+/// Sends a GET on a connection with a small receive buffer and reads just
+/// the response head: the body waits in the server for a reader.
+async fn get_without_reading(port: u16, path: &str) -> (tokio::net::TcpStream, String) {
+  let socket = tokio::net::TcpSocket::new_v4().unwrap();
+  socket.set_recv_buffer_size(16 * 1024).unwrap();
+  let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+  stream
+    .write_all(format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").as_bytes())
+    .await
+    .unwrap();
+  let mut head = Vec::new();
+  let mut byte = [0u8; 1];
+  while !head.ends_with(b"\r\n\r\n") {
+    assert_eq!(
+      stream.read(&mut byte).await.unwrap(),
+      1,
+      "connection closed"
+    );
+    head.push(byte[0]);
+  }
+  (stream, String::from_utf8(head).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_its_pending_response_bytes_a_tenant_gets_503s_until_a_slow_client_reads() {
+  within(60, async {
+    let mut srv = serve(serve_config_cmd(&config()));
+    const MIB: usize = 1 << 20;
+    // 8 MiB that the client does not read: more than the sockets' buffers
+    // take, so most of it waits in the server, counted.
+    let (mut slow, head) = get_without_reading(srv.port, "/small/big?mb=8").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Another 8 MiB would pass small's 12 MiB.
+    let (_, head) = get_without_reading(srv.port, "/small/big?mb=8").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    srv
+      .wait_for_stderr(
+        "too many response bytes waiting for slow clients: this worker's limit is 12582912 (limits.pending_response_bytes)",
+        10,
+      )
+      .await;
+    assert_eq!(srv.log_lines_with(&["worker=small", "503:", "limits.pending_response_bytes"]).len(), 1);
+    // The other tenant's big bodies go out.
+    let c = client();
+    for _ in 0..2 {
+      let body = c.get(srv.url("/roomy/big?mb=8")).send().await.unwrap().bytes().await.unwrap();
+      assert_eq!(body.len(), 8 * MIB);
+    }
+    // Once the slow client has read its body, small has room again.
+    let mut body = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while body.len() < 8 * MIB {
+      let n = slow.read(&mut buf).await.unwrap();
+      assert!(n > 0, "the body ended after {} bytes", body.len());
+      body.extend_from_slice(&buf[..n]);
+    }
+    assert!(body.iter().all(|&b| b == b'x'));
+    drop(slow);
+    let response = c.get(srv.url("/small/big?mb=8")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().len(), 8 * MIB);
     srv.stop_cleanly().await;
   })
   .await;
