@@ -2,11 +2,13 @@
 //! one script each), their per-thread pool and limits, routing, and the HTTP
 //! server that feeds them.
 
+pub mod admin;
 pub mod coarse_timer;
 pub mod config;
 pub mod drain;
 pub mod limits;
 pub mod loader;
+pub mod metrics;
 pub mod pool;
 pub mod routes;
 pub mod scheduled;

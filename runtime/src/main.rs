@@ -14,6 +14,17 @@ use runtime::server::{serve, Limits, ServeOptions};
 struct Cli {
   #[command(subcommand)]
   command: Command,
+  /// Log lines for people (`pretty`, colored on a terminal) or one JSON
+  /// object per line (`json`: timestamp, level, target, message and the
+  /// event's fields, such as worker, at the top level).
+  #[arg(long, global = true, value_enum, default_value = "pretty")]
+  log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+  Pretty,
+  Json,
 }
 
 #[derive(Subcommand)]
@@ -92,6 +103,14 @@ struct ServeArgs {
   /// STATE_DIR/kv/NAME.sqlite (shorthand only).
   #[arg(long = "kv", value_name = "NAME", conflicts_with = "config")]
   kv: Vec<String>,
+  /// Serve /metrics (Prometheus), /healthz and /readyz on this address,
+  /// apart from the workers (e.g. 127.0.0.1:9090).
+  #[arg(long, value_name = "ADDR")]
+  admin: Option<SocketAddr>,
+  /// Log one line per request (target `access`): worker, method, path,
+  /// status, wall ms, CPU µs, outcome (ok / exception / limit).
+  #[arg(long)]
+  access_log: bool,
   /// Where the shorthand and wrangler projects keep local state (KV
   /// namespaces).
   #[arg(long, default_value = ".runtime-state")]
@@ -215,6 +234,8 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
       ..Limits::default()
     },
     test_scheduled: args.test_scheduled,
+    admin: args.admin,
+    access_log: args.access_log,
   })
 }
 
@@ -227,14 +248,17 @@ fn main() -> ExitCode {
     Command::Wpt(_) => runtime::wpt::LOG_FILTER,
     _ => "info,console=debug",
   };
-  tracing_subscriber::fmt()
+  let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+  let logs = tracing_subscriber::fmt()
     .with_writer(std::io::stderr)
-    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-    .with_env_filter(
-      tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-    )
-    .init();
+    .with_env_filter(filter);
+  match cli.log_format {
+    LogFormat::Pretty => logs
+      .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+      .init(),
+    LogFormat::Json => logs.json().flatten_event(true).init(),
+  }
   let result = match cli.command {
     Command::Wpt(args) => return runtime::wpt::main(args),
     Command::Serve(args) => serve_command(args),

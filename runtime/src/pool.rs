@@ -67,6 +67,11 @@ impl IsolatePool {
     &self.workers[index]
   }
 
+  /// Warm workers on this thread.
+  pub fn live_count(&self) -> usize {
+    self.live.borrow().len()
+  }
+
   /// Worker tasks still running on this thread (warm, evicted but
   /// finishing, or serving one isolated request).
   pub fn running(&self) -> usize {
@@ -193,6 +198,7 @@ impl IsolatePool {
       // then its isolate is dropped.
       if let Some(evicted) = live.remove(&oldest) {
         evicted.shared.let_go();
+        crate::metrics::count(crate::metrics::Event::IsolateEvicted);
       }
       tracing::debug!(worker = %self.workers[oldest].name, "evicted (least recently used)");
     }
@@ -267,6 +273,7 @@ impl IsolatePool {
       }
       if let Some(evicted) = live.remove(&index) {
         evicted.shared.let_go();
+        crate::metrics::count(crate::metrics::Event::IsolateEvicted);
       }
       tracing::info!(
         worker = %self.workers[index].name,

@@ -2,6 +2,7 @@
 //! accept loop on a `SO_REUSEPORT` socket, its own isolate and its own
 //! current-thread tokio runtime, so a request never crosses threads.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -9,7 +10,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -31,6 +32,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::coarse_timer::{self, CoarseTimer};
 use crate::config::{EngineConfig, WorkerConfig};
 use crate::drain::Drain;
+use crate::metrics::{Metrics, Outcome, ThreadMetrics};
 use crate::pool::{IsolatePool, MemoryBudget};
 use crate::routes::{RoutePattern, Router};
 use crate::worker::{IncomingRequest, Worker, WorkerContext};
@@ -60,6 +62,9 @@ impl Default for Limits {
   }
 }
 
+/// How often a thread refreshes its isolate gauges for `/metrics`.
+const ISOLATE_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How often a thread measures its warm isolates against `max_memory_mb`.
 const MEMORY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -71,6 +76,10 @@ pub struct ServeOptions {
   /// `GET /__scheduled?cron=...` runs the routed worker's scheduled handler
   /// (`--test-scheduled`, for development).
   pub test_scheduled: bool,
+  /// Where the admin server (`/metrics`, `/healthz`, `/readyz`) listens.
+  pub admin: Option<SocketAddr>,
+  /// One `access` log line per request.
+  pub access_log: bool,
 }
 
 /// Checks every worker before serving: its script loads, evaluates and has a
@@ -92,6 +101,18 @@ fn validate_workers(workers: &[WorkerConfig]) -> anyhow::Result<()> {
 /// Serves the configured workers until SIGINT or SIGTERM, then finishes the
 /// requests in flight and returns.
 pub fn serve(mut options: ServeOptions) -> anyhow::Result<()> {
+  let metrics = Metrics::new(
+    options
+      .config
+      .workers
+      .iter()
+      .map(|w| w.name.clone())
+      .collect(),
+  );
+  if let Some(addr) = options.admin {
+    // First, so that /healthz answers while the workers are checked.
+    crate::admin::start(addr, metrics.clone())?;
+  }
   options.config.open_cache()?;
   crate::worker::anchor_read_only_heap()?;
   validate_workers(&options.config.workers)?;
@@ -128,6 +149,8 @@ pub fn serve(mut options: ServeOptions) -> anyhow::Result<()> {
     },
     limits: options.limits,
     test_scheduled: options.test_scheduled,
+    metrics: metrics.clone(),
+    access_log: options.access_log,
   });
 
   let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -145,8 +168,7 @@ pub fn serve(mut options: ServeOptions) -> anyhow::Result<()> {
           .build()
           .expect("tokio runtime");
         let local = tokio::task::LocalSet::new();
-        // Cron triggers fire once per process: the first thread runs them.
-        local.block_on(&rt, serve_thread(listener, shared, ready, shutdown, i == 0));
+        local.block_on(&rt, serve_thread(listener, shared, ready, shutdown, i));
       })?;
     threads.push(thread);
   }
@@ -165,6 +187,7 @@ pub fn serve(mut options: ServeOptions) -> anyhow::Result<()> {
       }
     }
   }
+  metrics.set_ready(true);
   println!("Listening on http://{local}/");
   use std::io::Write;
   let _ = std::io::stdout().flush();
@@ -179,6 +202,7 @@ pub fn serve(mut options: ServeOptions) -> anyhow::Result<()> {
     .build()?;
   signals.block_on(wait_for_shutdown_signal())?;
   tracing::info!("shutting down: finishing requests in flight");
+  metrics.set_ready(false);
   let _ = shutdown_tx.send(true);
   for thread in threads {
     let _ = thread.join();
@@ -195,6 +219,8 @@ struct SharedConfig {
   memory_per_thread: MemoryBudget,
   limits: Limits,
   test_scheduled: bool,
+  metrics: Arc<Metrics>,
+  access_log: bool,
 }
 
 async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
@@ -237,6 +263,7 @@ struct ThreadContext {
   local_addr: SocketAddr,
   /// The thread's connections, WebSockets included, for graceful shutdown.
   connections: Drain,
+  metrics: Arc<ThreadMetrics>,
 }
 
 async fn serve_thread(
@@ -244,8 +271,11 @@ async fn serve_thread(
   shared: Arc<SharedConfig>,
   ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
   mut shutdown: watch::Receiver<bool>,
-  run_crons: bool,
+  index: usize,
 ) {
+  // Cron triggers fire once per process: the first thread runs them.
+  let run_crons = index == 0;
+  let metrics = shared.metrics.register_thread(index);
   let listener = match tokio::net::TcpListener::from_std(listener) {
     Ok(l) => l,
     Err(error) => {
@@ -271,7 +301,23 @@ async fn serve_thread(
     shared,
     local_addr,
     connections: Drain::default(),
+    metrics,
   });
+  {
+    // The gauges that need the isolates, refreshed on this thread.
+    let ctx = ctx.clone();
+    tokio::task::spawn_local(async move {
+      let mut tick = tokio::time::interval(ISOLATE_GAUGE_INTERVAL);
+      tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+      loop {
+        tick.tick().await;
+        let memory = ctx.pool.memory();
+        ctx
+          .metrics
+          .set_isolates(ctx.pool.live_count(), memory.total, memory.heap_committed);
+      }
+    });
+  }
   tokio::task::spawn_local(coarse_timer::sweep());
   let mut cron_tasks = Vec::new();
   if run_crons {
@@ -328,7 +374,7 @@ async fn serve_thread(
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
-        let service = service_fn(move |request| handle(request, ctx.clone()));
+        let service = service_fn(move |request| serve_request(request, ctx.clone()));
         let (http1, http2) = (http1.clone(), http2.clone());
         let header_timeout = limits.header_read_timeout;
         let watcher = connections.watcher();
@@ -480,9 +526,61 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
   response
 }
 
+/// What `handle` found out about a request, for the metrics and the access
+/// log.
+#[derive(Default)]
+struct RequestNote {
+  /// The worker it was routed to.
+  worker: Cell<Option<usize>>,
+  outcome: Cell<Outcome>,
+}
+
+/// Serves one request, then counts it (and logs it, with `--access-log`).
+async fn serve_request(
+  request: Request<Incoming>,
+  ctx: Rc<ThreadContext>,
+) -> Result<Response<ResponseBody>, Infallible> {
+  let start = Instant::now();
+  let note = RequestNote::default();
+  if !ctx.shared.access_log {
+    let response = handle(request, ctx.clone(), &note).await?;
+    if let Some(worker) = note.worker.get() {
+      let status = response.status().as_u16();
+      ctx
+        .metrics
+        .record(worker, status, start.elapsed(), note.outcome.get());
+    }
+    return Ok(response);
+  }
+  let method = request.method().clone();
+  let path = request.uri().path().to_owned();
+  let (response, cpu) =
+    crate::limits::CpuTimed::new(Box::pin(handle(request, ctx.clone(), &note))).await;
+  let response = response?;
+  let wall = start.elapsed();
+  let status = response.status().as_u16();
+  let outcome = note.outcome.get();
+  let worker = note.worker.get();
+  if let Some(worker) = worker {
+    ctx.metrics.record(worker, status, wall, outcome);
+  }
+  tracing::info!(
+    target: "access",
+    worker = %worker.map_or("-", |w| ctx.pool.worker(w).name.as_str()),
+    method = %method,
+    path = %path,
+    status,
+    wall_ms = format_args!("{:.3}", wall.as_secs_f64() * 1e3),
+    cpu_us = cpu.as_micros() as u64,
+    outcome = %outcome.as_str(),
+  );
+  Ok(response)
+}
+
 async fn handle(
   mut request: Request<Incoming>,
   ctx: Rc<ThreadContext>,
+  note: &RequestNote,
 ) -> Result<Response<ResponseBody>, Infallible> {
   // A WebSocket handshake: the handler decides; if it answers with a
   // WebSocket, the connection is taken over once the 101 is sent.
@@ -525,6 +623,7 @@ async fn handle(
   let Some(worker) = ctx.shared.router.route(&host, parts.uri.path()) else {
     return Ok(plain(StatusCode::NOT_FOUND, "No worker is routed here.\n"));
   };
+  note.worker.set(Some(worker));
   let worker_name = &ctx.pool.worker(worker).name;
   if ctx.shared.test_scheduled && parts.uri.path() == "/__scheduled" {
     return Ok(run_scheduled_for_test(&ctx, worker, parts.uri.query()).await);
@@ -574,6 +673,7 @@ async fn handle(
       match tokio::time::timeout(ctx.shared.limits.response_timeout, response).await {
         Ok(outcome) => outcome.map_err(drop),
         Err(_) => {
+          note.outcome.set(Outcome::Limit);
           tracing::error!(
             worker = %worker_name,
             "504: no response within the {} s wall-clock limit",
@@ -627,10 +727,12 @@ async fn handle(
       }
     }
     Ok(HandlerOutcome::Error(error)) => {
+      note.outcome.set(Outcome::Exception);
       tracing::error!(worker = %worker_name, "500: {error}");
       plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
     }
     Ok(HandlerOutcome::Unavailable(reason)) => {
+      note.outcome.set(Outcome::Limit);
       tracing::error!(worker = %worker_name, "503: {reason}");
       plain(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -354,9 +354,13 @@ impl Worker {
     let script = &config.main;
     let root = script.parent().map(Path::to_path_buf).unwrap_or_default();
     let poison = Rc::new(Poison::default());
+    crate::metrics::count(crate::metrics::Event::IsolateCreated);
     let spare = match take_spare(config.limits.memory_mb) {
       Some(spare) => spare,
-      None => SpareIsolate::create(config.limits.memory_mb)?,
+      None => {
+        crate::metrics::count(crate::metrics::Event::SpareMiss);
+        SpareIsolate::create(config.limits.memory_mb)?
+      }
     };
     let SpareIsolate {
       mut rt,
