@@ -43,6 +43,7 @@ const {
   op_html_rewriter_mutations,
   op_html_rewriter_next,
   op_html_rewriter_output,
+  op_html_rewriter_try_next,
   op_html_rewriter_write,
 } = core.ops;
 
@@ -58,6 +59,7 @@ const NEXT_OUTPUT = 0;
 const NEXT_INPUT = 1;
 const NEXT_EVENT = 2;
 const NEXT_DONE = 3;
+const NEXT_PENDING = 5; // op_html_rewriter_try_next: not yet
 
 // Mutation codes (ext/htmlrewriter: M_*).
 const M_SET_ATTRIBUTE = 0;
@@ -615,7 +617,8 @@ class HTMLRewriter {
       async pull(controller) {
         try {
           while (true) {
-            const next = await op_html_rewriter_next(rid);
+            let next = op_html_rewriter_try_next(rid);
+            if (next === NEXT_PENDING) next = await op_html_rewriter_next(rid);
             if (next === NEXT_OUTPUT) {
               controller.enqueue(op_html_rewriter_output(rid));
               return;

@@ -49,6 +49,7 @@ deno_core::extension!(
     runtime_htmlrewriter::op_html_rewriter_check_selector,
     runtime_htmlrewriter::op_html_rewriter_create,
     runtime_htmlrewriter::op_html_rewriter_next,
+    runtime_htmlrewriter::op_html_rewriter_try_next,
     runtime_htmlrewriter::op_html_rewriter_output,
     runtime_htmlrewriter::op_html_rewriter_event,
     runtime_htmlrewriter::op_html_rewriter_error,

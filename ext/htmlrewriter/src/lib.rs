@@ -37,6 +37,28 @@ use tokio::sync::mpsc;
 const OUTPUT_CHUNK: usize = 64 * 1024;
 /// Messages the thread may send ahead of JavaScript taking them.
 const MESSAGES_AHEAD: usize = 8;
+/// How long either side spins for the other's next message before it
+/// sleeps. A handler's answer or the thread's next event usually comes
+/// within a few microseconds; sleeping and being woken (a futex on the
+/// thread's side, an event-loop turn on the isolate's) costs ten times
+/// that, and would be paid on every element the handlers see.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(30);
+
+/// Polls `try_once` until it yields or `SPIN` has passed.
+fn spin_for<T>(mut try_once: impl FnMut() -> Option<T>) -> Option<T> {
+  let start = std::time::Instant::now();
+  loop {
+    for _ in 0..64 {
+      if let Some(value) = try_once() {
+        return Some(value);
+      }
+      std::hint::spin_loop();
+    }
+    if start.elapsed() >= SPIN {
+      return None;
+    }
+  }
+}
 
 // Handler kinds: bits of a selector's or a document handler's flags.
 const ELEMENT: u32 = 1;
@@ -51,6 +73,8 @@ const NEXT_INPUT: u32 = 1;
 const NEXT_EVENT: u32 = 2;
 const NEXT_DONE: u32 = 3;
 const NEXT_ERROR: u32 = 4;
+/// `op_html_rewriter_try_next` found nothing yet: await `op_html_rewriter_next`.
+const NEXT_PENDING: u32 = 5;
 
 /// A piece of content some JavaScript handler is to see. `handler` is the
 /// index of the `.on()` / `.onDocument()` registration (in registration
@@ -175,6 +199,18 @@ impl Bridge {
     self.messages.blocking_send(message).map_err(|_| Gone)
   }
 
+  /// JavaScript's next reply: spun for briefly, then slept for.
+  fn reply(&self) -> Result<Reply, std_mpsc::RecvError> {
+    match spin_for(|| match self.replies.try_recv() {
+      Ok(reply) => Some(Ok(reply)),
+      Err(std_mpsc::TryRecvError::Empty) => None,
+      Err(std_mpsc::TryRecvError::Disconnected) => Some(Err(std_mpsc::RecvError)),
+    }) {
+      Some(reply) => reply,
+      None => self.replies.recv(),
+    }
+  }
+
   fn flush(&self) -> Result<(), Gone> {
     let out = std::mem::take(&mut *self.output.borrow_mut());
     if out.is_empty() {
@@ -186,7 +222,7 @@ impl Bridge {
   /// Sends an event and waits for the mutations its handler recorded.
   fn ask(&self, event: Event) -> Result<Vec<Mutation>, Box<dyn std::error::Error + Send + Sync>> {
     self.send(Message::Event(event))?;
-    match self.replies.recv() {
+    match self.reply() {
       Ok(Reply::Mutations(m)) => Ok(m),
       Ok(_) => Err("HTMLRewriter: input while a handler was running".into()),
       Err(_) => Err(Box::new(Gone)),
@@ -421,7 +457,7 @@ fn run(
     if bridge.flush().is_err() || bridge.send(Message::NeedInput).is_err() {
       return;
     }
-    match bridge.replies.recv() {
+    match bridge.reply() {
       Ok(Reply::Input(chunk)) => {
         if let Err(e) = rewriter.write(&chunk) {
           break Err(e);
@@ -518,6 +554,37 @@ pub async fn op_html_rewriter_next(
     Ok(Some(message)) => message,
     Ok(None) => Message::Error("the HTMLRewriter's thread ended unexpectedly".into()),
     Err(_) => return Err(JsErrorBox::generic("the HTMLRewriter was cancelled")),
+  };
+  let kind = match &message {
+    Message::Output(_) => NEXT_OUTPUT,
+    Message::NeedInput => NEXT_INPUT,
+    Message::Event(_) => NEXT_EVENT,
+    Message::Done => NEXT_DONE,
+    Message::Error(_) => NEXT_ERROR,
+  };
+  *rewriter.current.borrow_mut() = Some(message);
+  Ok(kind)
+}
+
+/// What the rewriter does next, if it does so within a few microseconds
+/// (`NEXT_PENDING` if not): saves an event-loop turn per event.
+#[op2(fast)]
+#[smi]
+pub fn op_html_rewriter_try_next(state: &OpState, #[smi] rid: ResourceId) -> Result<u32, JsErrorBox> {
+  let rewriter = resource(state, rid)?;
+  let Some(mut messages) = RcRef::map(&rewriter, |r| &r.messages).try_borrow_mut() else {
+    return Ok(NEXT_PENDING);
+  };
+  let message = spin_for(|| match messages.try_recv() {
+    Ok(message) => Some(message),
+    Err(mpsc::error::TryRecvError::Empty) => None,
+    Err(mpsc::error::TryRecvError::Disconnected) => Some(Message::Error(
+      "the HTMLRewriter's thread ended unexpectedly".into(),
+    )),
+  });
+  drop(messages);
+  let Some(message) = message else {
+    return Ok(NEXT_PENDING);
   };
   let kind = match &message {
     Message::Output(_) => NEXT_OUTPUT,
