@@ -211,6 +211,9 @@ pub struct WorkerConfig {
   /// event and stand still while JavaScript runs, as in Workers (no timer
   /// fine enough for Spectre-class attacks).
   pub coarse_time: bool,
+  /// Under `runtime dev`: the version that serves (its files, kept), which
+  /// the watcher replaces when the files change.
+  pub dev: Option<Arc<crate::dev::DevVersion>>,
 }
 
 /// One cron trigger: Workers' five fields (minute hour day-of-month month
@@ -322,6 +325,7 @@ impl EngineConfig {
         outbound: Arc::new(outbound),
         // A script you run yourself: its clocks are fine-grained.
         coarse_time: false,
+        dev: None,
         quotas: WorkerQuotas::new(limits.quotas),
       }],
     })
@@ -514,6 +518,7 @@ impl EngineConfig {
         outbound,
         quotas: WorkerQuotas::new(limits.quotas),
         coarse_time: w.coarse_time.or(file.engine.coarse_time).unwrap_or(true),
+        dev: None,
       });
     }
     if let Some(mb) = file.engine.max_memory_mb {

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod coarse_timer;
 pub mod config;
+pub mod dev;
 pub mod drain;
 pub mod limits;
 pub mod loader;

@@ -75,9 +75,40 @@ fn keep_code_cache(url: &str, hash: u64, data: &[u8]) {
   caches.by_url.insert(url.to_string(), (hash, data.into()));
 }
 
+/// The module files of one version of a worker, as they were when it
+/// loaded (`runtime dev`): its isolates load them from here rather than from
+/// the disk, so the version that loaded keeps serving while the files on
+/// disk are half-edited or broken.
+#[derive(Debug, Default)]
+pub struct ModuleFiles(HashMap<PathBuf, Arc<[u8]>>);
+
+impl ModuleFiles {
+  pub fn contains(&self, path: &Path) -> bool {
+    self.0.contains_key(path)
+  }
+
+  pub fn len(&self) -> usize {
+    self.0.len()
+  }
+
+  pub fn is_empty(&self) -> bool {
+    self.0.is_empty()
+  }
+}
+
+/// Where a loader reads modules from.
+enum Files {
+  Disk,
+  /// The disk, keeping a copy of each file read.
+  Recording(HashMap<PathBuf, Arc<[u8]>>),
+  /// A version recorded before.
+  Version(Arc<ModuleFiles>),
+}
+
 pub struct ScriptLoader {
   root: RefCell<PathBuf>,
   sealed: Cell<bool>,
+  files: RefCell<Files>,
 }
 
 impl ScriptLoader {
@@ -86,7 +117,52 @@ impl ScriptLoader {
     Self {
       root: RefCell::new(root),
       sealed: Cell::new(false),
+      files: RefCell::new(Files::Disk),
     }
+  }
+
+  /// Keeps a copy of every module file read, for [`Self::take_recorded`].
+  pub fn record(&self) {
+    *self.files.borrow_mut() = Files::Recording(HashMap::new());
+  }
+
+  /// Reads modules from `version` instead of the disk.
+  pub fn read_from(&self, version: Arc<ModuleFiles>) {
+    *self.files.borrow_mut() = Files::Version(version);
+  }
+
+  /// The files read since [`Self::record`].
+  pub fn take_recorded(&self) -> Option<ModuleFiles> {
+    let mut files = self.files.borrow_mut();
+    match std::mem::replace(&mut *files, Files::Disk) {
+      Files::Recording(recorded) => Some(ModuleFiles(recorded)),
+      other => {
+        *files = other;
+        None
+      }
+    }
+  }
+
+  fn read(&self, path: &Path) -> Result<Vec<u8>, ModuleLoaderError> {
+    let mut files = self.files.borrow_mut();
+    if let Files::Version(version) = &*files {
+      return version
+        .0
+        .get(path)
+        .map(|code| code.to_vec())
+        .ok_or_else(|| {
+          JsErrorBox::generic(format!(
+            "Cannot read module {}: it is not part of the version that loaded",
+            path.display()
+          ))
+        });
+    }
+    let code = std::fs::read(path)
+      .map_err(|e| JsErrorBox::generic(format!("Cannot read module {}: {e}", path.display())))?;
+    if let Files::Recording(recorded) = &mut *files {
+      recorded.insert(path.to_path_buf(), code.as_slice().into());
+    }
+    Ok(code)
   }
 
   /// Points a loader made for a spare isolate at its script's directory.
@@ -197,8 +273,7 @@ impl ModuleLoader for ScriptLoader {
     options: ModuleLoadOptions,
   ) -> ModuleLoadResponse {
     let result = self.check(specifier).and_then(|path| {
-      let mut code = std::fs::read(&path)
-        .map_err(|e| JsErrorBox::generic(format!("Cannot read module {}: {e}", path.display())))?;
+      let mut code = self.read(&path)?;
       let module_type = module_type(&path, &options);
       if matches!(module_type, ModuleType::JavaScript) && crate::typescript::is_typescript(&path) {
         let source = String::from_utf8(code)

@@ -32,6 +32,10 @@ enum Command {
   /// Serve a script (or the workers of a config file) over HTTP: every
   /// request goes to a script's fetch handler.
   Serve(ServeArgs),
+  /// Serve as `serve` does, and reload a worker when a file of its module
+  /// graph changes (a version that fails to load leaves the previous one
+  /// serving, and its error is printed).
+  Dev(ServeArgs),
   /// Run web-platform-tests against the global scope scripts get (see wpt/README.md).
   Wpt(runtime::wpt::WptArgs),
 }
@@ -123,7 +127,7 @@ enum IsolationArg {
   Request,
 }
 
-fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
+fn serve_command(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
   if let Some(flags) = &args.v8_flags {
     // Before the first isolate: V8 reads most flags when it initializes.
     let argv = std::iter::once("runtime".to_string())
@@ -236,6 +240,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     test_scheduled: args.test_scheduled,
     admin: args.admin,
     access_log: args.access_log,
+    dev: dev.then_some(runtime::server::DevOptions { config_file }),
   })
 }
 
@@ -261,7 +266,8 @@ fn main() -> ExitCode {
   }
   let result = match cli.command {
     Command::Wpt(args) => return runtime::wpt::main(args),
-    Command::Serve(args) => serve_command(args),
+    Command::Serve(args) => serve_command(args, false),
+    Command::Dev(args) => serve_command(args, true),
   };
   match result {
     Ok(()) => ExitCode::SUCCESS,

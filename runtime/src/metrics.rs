@@ -20,6 +20,11 @@ use prometheus_client::registry::Registry;
 const LATENCY_BUCKETS: [f64; 14] = [
   0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// The same bounds in microseconds, for the request path (no floats).
+const LATENCY_BUCKETS_US: [u64; 14] = [
+  500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+  2_500_000, 5_000_000, 10_000_000,
+];
 
 /// How a request ended, for the counters and the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -87,13 +92,14 @@ impl ThreadMetrics {
     };
     let class = usize::from(status / 100).clamp(1, 5) - 1;
     bump(&counters.by_status[class], 1);
-    let seconds = latency.as_secs_f64();
-    let bucket = LATENCY_BUCKETS
+    let ns = latency.as_nanos() as u64;
+    // Most requests stop at the first bucket or two.
+    let bucket = LATENCY_BUCKETS_US
       .iter()
-      .position(|&le| seconds <= le)
-      .unwrap_or(LATENCY_BUCKETS.len());
+      .position(|&le| ns <= le * 1_000)
+      .unwrap_or(LATENCY_BUCKETS_US.len());
     bump(&counters.latency[bucket], 1);
-    bump(&counters.latency_sum_ns, latency.as_nanos() as u64);
+    bump(&counters.latency_sum_ns, ns);
     match outcome {
       Outcome::Ok => {}
       Outcome::Exception => bump(&counters.exceptions, 1),
@@ -360,6 +366,13 @@ impl Collector for Metrics {
 #[cfg(test)]
 mod tests {
   use super::*;
+
+  #[test]
+  fn the_two_bucket_tables_agree() {
+    for (s, us) in LATENCY_BUCKETS.iter().zip(LATENCY_BUCKETS_US) {
+      assert_eq!((s * 1e6).round() as u64, us);
+    }
+  }
 
   #[test]
   fn counters_of_every_thread_are_summed_per_worker() {

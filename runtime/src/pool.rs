@@ -43,6 +43,8 @@ struct LiveWorker {
   last_used: u64,
   /// Its memory when last measured (it may be busy when measured again).
   memory: IsolateMemory,
+  /// Under `runtime dev`, the version it was started for.
+  generation: u64,
 }
 
 impl IsolatePool {
@@ -122,12 +124,20 @@ impl IsolatePool {
     }
     let now = self.clock.get() + 1;
     self.clock.set(now);
+    let generation = config.dev.as_ref().map_or(0, |dev| dev.generation());
     let warm = {
       let mut live = self.live.borrow_mut();
       match live.get_mut(&index) {
-        Some(worker) if !worker.shared.is_stopped() => {
+        Some(worker) if !worker.shared.is_stopped() && worker.generation == generation => {
           worker.last_used = now;
           Some(worker.shared.clone())
+        }
+        // `runtime dev` loaded a new version: the old one finishes what it
+        // has in flight.
+        Some(worker) if !worker.shared.is_stopped() => {
+          worker.shared.let_go();
+          live.remove(&index);
+          None
         }
         // The worker stopped (a limit, or it failed to start).
         Some(_) => {
@@ -180,6 +190,10 @@ impl IsolatePool {
         shared: shared.clone(),
         last_used: now,
         memory: IsolateMemory::default(),
+        generation: self.workers[index]
+          .dev
+          .as_ref()
+          .map_or(0, |dev| dev.generation()),
       },
     );
     drop(live);

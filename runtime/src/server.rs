@@ -80,6 +80,14 @@ pub struct ServeOptions {
   pub admin: Option<SocketAddr>,
   /// One `access` log line per request.
   pub access_log: bool,
+  /// `runtime dev`: watch and reload.
+  pub dev: Option<DevOptions>,
+}
+
+/// What `runtime dev` watches besides the workers' folders.
+pub struct DevOptions {
+  /// The config file it was started with, if any.
+  pub config_file: Option<std::path::PathBuf>,
 }
 
 /// Checks every worker before serving: its script loads, evaluates and has a
@@ -115,7 +123,15 @@ pub fn serve(mut options: ServeOptions) -> anyhow::Result<()> {
   }
   options.config.open_cache()?;
   crate::worker::anchor_read_only_heap()?;
-  validate_workers(&options.config.workers)?;
+  if options.dev.is_some() {
+    for worker in &mut options.config.workers {
+      worker.dev = Some(crate::dev::DevVersion::new());
+    }
+    // The start-up check, which also records each worker's first version.
+    crate::dev::load_first_versions(&options.config.workers)?;
+  } else {
+    validate_workers(&options.config.workers)?;
+  }
   let first = bind_reuseport(options.addr)?;
   let local = first.local_addr()?;
   let mut listeners = vec![first];
@@ -151,6 +167,7 @@ pub fn serve(mut options: ServeOptions) -> anyhow::Result<()> {
     test_scheduled: options.test_scheduled,
     metrics: metrics.clone(),
     access_log: options.access_log,
+    admin: options.admin.is_some(),
   });
 
   let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -187,6 +204,9 @@ pub fn serve(mut options: ServeOptions) -> anyhow::Result<()> {
       }
     }
   }
+  if let Some(dev) = options.dev.take() {
+    crate::dev::watch(options.config.workers.clone(), dev.config_file)?;
+  }
   metrics.set_ready(true);
   println!("Listening on http://{local}/");
   use std::io::Write;
@@ -221,6 +241,8 @@ struct SharedConfig {
   test_scheduled: bool,
   metrics: Arc<Metrics>,
   access_log: bool,
+  /// An admin server reads the metrics (else the gauges are not refreshed).
+  admin: bool,
 }
 
 async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
@@ -303,7 +325,7 @@ async fn serve_thread(
     connections: Drain::default(),
     metrics,
   });
-  {
+  if ctx.shared.admin {
     // The gauges that need the isolates, refreshed on this thread.
     let ctx = ctx.clone();
     tokio::task::spawn_local(async move {

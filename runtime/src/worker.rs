@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::WorkerConfig;
 use crate::limits::{ArrayBufferBudget, CpuSlot};
-use crate::loader::ScriptLoader;
+use crate::loader::{ModuleFiles, ScriptLoader};
 
 /// A request on its way into a worker.
 pub struct IncomingRequest {
@@ -282,6 +282,8 @@ pub struct Worker {
   /// Its frozen clock when coarse time is on (also in its `OpState`, for the
   /// clock ops): moved on before each turn.
   clock: Option<Rc<IsolateClock>>,
+  /// What its loader recorded (see [`Worker::take_loaded_files`]).
+  loaded_files: Option<ModuleFiles>,
 }
 
 impl Drop for Worker {
@@ -372,6 +374,15 @@ impl Worker {
       array_buffers,
     } = spare;
     loader.set_root(root);
+    // Under `runtime dev`, the serving version's files, or (its first load)
+    // the disk, recorded.
+    if let Some(dev) = &config.dev {
+      match dev.files() {
+        Some(files) => loader.read_from(files),
+        None => loader.record(),
+      }
+    }
+    let version_loader = loader.clone();
     let sockets = Rc::new(WebSockets::default());
     let clock = config.coarse_time.then(IsolateClock::new);
     rt.with(|runtime| {
@@ -479,6 +490,7 @@ impl Worker {
         .clone();
       (RequestHandles::new(runtime, dispatch), responses)
     });
+    let loaded_files = version_loader.take_recorded();
     Ok(Worker {
       handles: Some(handles),
       rt,
@@ -495,7 +507,13 @@ impl Worker {
       responses,
       sockets,
       clock,
+      loaded_files,
     })
+  }
+
+  /// The module files it loaded, if it recorded them (`runtime dev`).
+  pub fn take_loaded_files(&mut self) -> Option<ModuleFiles> {
+    self.loaded_files.take()
   }
 
   /// Hands one request to the script (isolate entered by the caller). Its

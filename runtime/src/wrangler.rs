@@ -308,6 +308,7 @@ pub fn load(path: &Path, options: &ProjectOptions) -> anyhow::Result<EngineConfi
       cache: None,
       outbound: std::sync::Arc::new(options.outbound.clone()),
       coarse_time: options.coarse_time,
+      dev: None,
       quotas: runtime_ext::quota::WorkerQuotas::new(limits.quotas),
     }],
   })

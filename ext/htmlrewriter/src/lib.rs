@@ -570,7 +570,10 @@ pub async fn op_html_rewriter_next(
 /// (`NEXT_PENDING` if not): saves an event-loop turn per event.
 #[op2(fast)]
 #[smi]
-pub fn op_html_rewriter_try_next(state: &OpState, #[smi] rid: ResourceId) -> Result<u32, JsErrorBox> {
+pub fn op_html_rewriter_try_next(
+  state: &OpState,
+  #[smi] rid: ResourceId,
+) -> Result<u32, JsErrorBox> {
   let rewriter = resource(state, rid)?;
   let Some(mut messages) = RcRef::map(&rewriter, |r| &r.messages).try_borrow_mut() else {
     return Ok(NEXT_PENDING);

@@ -82,6 +82,7 @@ fn worker_config(name: String, main: &std::path::Path) -> WorkerConfig {
     cache: None,
     outbound: std::sync::Arc::new(runtime_ext::outbound::OutboundPolicy::any()),
     coarse_time: false,
+    dev: None,
     quotas: runtime_ext::quota::WorkerQuotas::new(Default::default()),
   }
 }
