@@ -30,6 +30,9 @@ const {
   FunctionPrototypeCall,
   ObjectDefineProperties,
   ObjectDefineProperty,
+  ObjectFreeze,
+  Promise,
+  PromiseReject,
   ObjectPrototypeIsPrototypeOf,
   ObjectSetPrototypeOf,
   Symbol,
@@ -155,11 +158,57 @@ class Navigator {
     return "en-US";
   }
 
+  get languages() {
+    return languages;
+  }
+
   get [SymbolToStringTag]() {
     return "Navigator";
   }
 }
+const languages = ObjectFreeze(["en-US"]);
+// Called as plain functions: deno_web's timers refuse another `this`.
+const { clearTimeout, setTimeout } = web.timers;
 const navigator = new Navigator(illegalConstructor);
+
+// Workers' `scheduler` (the Prioritized Task Scheduling API's `wait`): a
+// promise that settles after `delay` ms, or rejects when `signal` aborts.
+class Scheduler {
+  constructor(key) {
+    if (key !== illegalConstructor) throw new TypeError("Illegal constructor");
+  }
+
+  wait(delay = 0, options = undefined) {
+    const signal = options?.signal;
+    if (signal !== undefined && signal !== null) {
+      if (!ObjectPrototypeIsPrototypeOf(web.abortSignal.AbortSignalPrototype, signal)) {
+        return PromiseReject(
+          new TypeError("scheduler.wait: options.signal must be an AbortSignal"),
+        );
+      }
+      if (signal.aborted) return PromiseReject(signal.reason);
+    }
+    return new Promise((resolve, reject) => {
+      let onAbort;
+      const id = setTimeout(() => {
+        if (onAbort) signal.removeEventListener("abort", onAbort);
+        resolve();
+      }, delay);
+      if (signal) {
+        onAbort = () => {
+          clearTimeout(id);
+          reject(signal.reason);
+        };
+        signal.addEventListener("abort", onAbort, { once: true });
+      }
+    });
+  }
+
+  get [SymbolToStringTag]() {
+    return "Scheduler";
+  }
+}
+const scheduler = new Scheduler(illegalConstructor);
 
 // Interfaces: non-enumerable, writable, configurable (WebIDL).
 const nonEnumerable = (value) => ({
@@ -319,6 +368,7 @@ const globalScope = {
   clearTimeout: enumerable(web.timers.clearTimeout),
   console: nonEnumerable(new web.consoleNs.Console(printer)),
   navigator: getter(() => navigator),
+  scheduler: getter(() => scheduler),
   reportError: enumerable(event.reportError),
   setInterval: enumerable(web.timers.setInterval),
   setTimeout: enumerable(web.timers.setTimeout),
@@ -420,7 +470,23 @@ function installGlobalScope() {
     configurable: true,
   });
   event.saveGlobalThisReference(globalThis);
-  ObjectDefineProperty(globalThis, "self", getter(() => globalThis));
+  // [Replaceable] (HTML): assigning `self` replaces it with a data
+  // property, in sloppy and module code alike, instead of throwing.
+  ObjectDefineProperty(globalThis, "self", {
+    __proto__: null,
+    get: () => globalThis,
+    set(value) {
+      ObjectDefineProperty(globalThis, "self", {
+        __proto__: null,
+        value,
+        writable: true,
+        enumerable: true,
+        configurable: true,
+      });
+    },
+    enumerable: true,
+    configurable: true,
+  });
   event.defineEventHandler(globalThis, "error", undefined, true);
   event.defineEventHandler(globalThis, "unhandledrejection");
   event.defineEventHandler(globalThis, "rejectionhandled");

@@ -311,35 +311,3 @@ unsafe extern "C" fn budget_drop(budget: *const ArrayBufferBudget) {
   // SAFETY: the pointer is the Arc leaked in `allocator`.
   drop(unsafe { Arc::from_raw(budget) });
 }
-
-/// A future that also tells how much CPU time of its thread its polls
-/// took (two clock reads per poll: for the access log only).
-pub struct CpuTimed<F> {
-  inner: F,
-  spent: Duration,
-}
-
-impl<F> CpuTimed<F> {
-  pub fn new(inner: F) -> Self {
-    Self {
-      inner,
-      spent: Duration::ZERO,
-    }
-  }
-}
-
-impl<F: std::future::Future + Unpin> std::future::Future for CpuTimed<F> {
-  type Output = (F::Output, Duration);
-
-  fn poll(
-    mut self: std::pin::Pin<&mut Self>,
-    cx: &mut std::task::Context<'_>,
-  ) -> std::task::Poll<Self::Output> {
-    let this = &mut *self;
-    let before = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0);
-    let polled = std::pin::Pin::new(&mut this.inner).poll(cx);
-    let after = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0);
-    this.spent += Duration::from_nanos(after.saturating_sub(before));
-    polled.map(|output| (output, this.spent))
-  }
-}

@@ -549,60 +549,125 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
 }
 
 /// What `handle` found out about a request, for the metrics and the access
-/// log.
-#[derive(Default)]
+/// log: the worker it was routed to, and how it ended.
+#[derive(Clone, Copy, Default)]
 struct RequestNote {
-  /// The worker it was routed to.
-  worker: Cell<Option<usize>>,
-  outcome: Cell<Outcome>,
+  worker: Option<usize>,
+  outcome: Outcome,
 }
 
-/// Serves one request, then counts it (and logs it, with `--access-log`).
-async fn serve_request(
+thread_local! {
+  /// The note of the request whose future is being polled on this thread
+  /// (`Served` swaps each request's own in and out around its polls), so
+  /// that `handle` can write it without the note living in its future.
+  static NOTE: Cell<RequestNote> = const { Cell::new(RequestNote { worker: None, outcome: Outcome::Ok }) };
+}
+
+fn note_worker(worker: usize) {
+  NOTE.with(|note| {
+    note.set(RequestNote {
+      worker: Some(worker),
+      ..note.get()
+    })
+  });
+}
+
+fn note_outcome(outcome: Outcome) {
+  NOTE.with(|note| {
+    note.set(RequestNote {
+      outcome,
+      ..note.get()
+    })
+  });
+}
+
+/// What the access log needs that `handle` consumes.
+struct AccessLine {
+  method: http::Method,
+  path: String,
+  cpu: Duration,
+}
+
+pin_project_lite::pin_project! {
+  /// A request's `handle` future, counted in the thread's metrics once it
+  /// is done (and logged, with `--access-log`). A plain struct around the
+  /// future rather than an async fn, so that hyper moves one future, not a
+  /// future holding another.
+  struct Served<F> {
+    #[pin]
+    inner: F,
+    ctx: Rc<ThreadContext>,
+    start: Instant,
+    note: RequestNote,
+    access: Option<AccessLine>,
+  }
+}
+
+fn serve_request(
   request: Request<Incoming>,
   ctx: Rc<ThreadContext>,
-) -> Result<Response<ResponseBody>, Infallible> {
-  let start = Instant::now();
-  let note = RequestNote::default();
-  if !ctx.shared.access_log {
-    let response = handle(request, ctx.clone(), &note).await?;
-    if let Some(worker) = note.worker.get() {
-      let status = response.status().as_u16();
-      ctx
-        .metrics
-        .record(worker, status, start.elapsed(), note.outcome.get());
+) -> Served<impl std::future::Future<Output = Result<Response<ResponseBody>, Infallible>>> {
+  let access = ctx.shared.access_log.then(|| AccessLine {
+    method: request.method().clone(),
+    path: request.uri().path().to_owned(),
+    cpu: Duration::ZERO,
+  });
+  Served {
+    start: Instant::now(),
+    inner: handle(request, ctx.clone()),
+    ctx,
+    note: RequestNote::default(),
+    access,
+  }
+}
+
+impl<F> std::future::Future for Served<F>
+where
+  F: std::future::Future<Output = Result<Response<ResponseBody>, Infallible>>,
+{
+  type Output = F::Output;
+
+  fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    let this = self.project();
+    let cpu_before = this
+      .access
+      .is_some()
+      .then(|| crate::limits::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0));
+    let outer = NOTE.with(|note| note.replace(*this.note));
+    let polled = this.inner.poll(cx);
+    *this.note = NOTE.with(|note| note.replace(outer));
+    if let (Some(before), Some(access)) = (cpu_before, this.access.as_mut()) {
+      let after = crate::limits::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0);
+      access.cpu += Duration::from_nanos(after.saturating_sub(before));
     }
-    return Ok(response);
+    let Poll::Ready(Ok(response)) = polled else {
+      return polled;
+    };
+    let wall = this.start.elapsed();
+    let status = response.status().as_u16();
+    let RequestNote { worker, outcome } = *this.note;
+    if let Some(worker) = worker {
+      this.ctx.metrics.record(worker, status, wall, outcome);
+    }
+    if let Some(access) = this.access.take() {
+      tracing::info!(
+        target: "access",
+        worker = %worker.map_or("-", |w| this.ctx.pool.worker(w).name.as_str()),
+        method = %access.method,
+        path = %access.path,
+        status,
+        wall_ms = format_args!("{:.3}", wall.as_secs_f64() * 1e3),
+        cpu_us = access.cpu.as_micros() as u64,
+        outcome = %outcome.as_str(),
+      );
+    }
+    Poll::Ready(Ok(response))
   }
-  let method = request.method().clone();
-  let path = request.uri().path().to_owned();
-  let (response, cpu) =
-    crate::limits::CpuTimed::new(Box::pin(handle(request, ctx.clone(), &note))).await;
-  let response = response?;
-  let wall = start.elapsed();
-  let status = response.status().as_u16();
-  let outcome = note.outcome.get();
-  let worker = note.worker.get();
-  if let Some(worker) = worker {
-    ctx.metrics.record(worker, status, wall, outcome);
-  }
-  tracing::info!(
-    target: "access",
-    worker = %worker.map_or("-", |w| ctx.pool.worker(w).name.as_str()),
-    method = %method,
-    path = %path,
-    status,
-    wall_ms = format_args!("{:.3}", wall.as_secs_f64() * 1e3),
-    cpu_us = cpu.as_micros() as u64,
-    outcome = %outcome.as_str(),
-  );
-  Ok(response)
 }
 
 async fn handle(
   mut request: Request<Incoming>,
   ctx: Rc<ThreadContext>,
-  note: &RequestNote,
 ) -> Result<Response<ResponseBody>, Infallible> {
   // A WebSocket handshake: the handler decides; if it answers with a
   // WebSocket, the connection is taken over once the 101 is sent.
@@ -645,7 +710,7 @@ async fn handle(
   let Some(worker) = ctx.shared.router.route(&host, parts.uri.path()) else {
     return Ok(plain(StatusCode::NOT_FOUND, "No worker is routed here.\n"));
   };
-  note.worker.set(Some(worker));
+  note_worker(worker);
   let worker_name = &ctx.pool.worker(worker).name;
   if ctx.shared.test_scheduled && parts.uri.path() == "/__scheduled" {
     return Ok(run_scheduled_for_test(&ctx, worker, parts.uri.query()).await);
@@ -695,7 +760,7 @@ async fn handle(
       match tokio::time::timeout(ctx.shared.limits.response_timeout, response).await {
         Ok(outcome) => outcome.map_err(drop),
         Err(_) => {
-          note.outcome.set(Outcome::Limit);
+          note_outcome(Outcome::Limit);
           tracing::error!(
             worker = %worker_name,
             "504: no response within the {} s wall-clock limit",
@@ -749,12 +814,12 @@ async fn handle(
       }
     }
     Ok(HandlerOutcome::Error(error)) => {
-      note.outcome.set(Outcome::Exception);
+      note_outcome(Outcome::Exception);
       tracing::error!(worker = %worker_name, "500: {error}");
       plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
     }
     Ok(HandlerOutcome::Unavailable(reason)) => {
-      note.outcome.set(Outcome::Limit);
+      note_outcome(Outcome::Limit);
       tracing::error!(worker = %worker_name, "503: {reason}");
       plain(
         StatusCode::SERVICE_UNAVAILABLE,
