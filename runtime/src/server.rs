@@ -2,7 +2,6 @@
 //! accept loop on a `SO_REUSEPORT` socket, its own isolate and its own
 //! current-thread tokio runtime, so a request never crosses threads.
 
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -396,7 +395,7 @@ async fn serve_thread(
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
-        let service = service_fn(move |request| serve_request(request, ctx.clone()));
+        let service = service_fn(move |request| handle(request, ctx.clone()));
         let (http1, http2) = (http1.clone(), http2.clone());
         let header_timeout = limits.header_read_timeout;
         let watcher = connections.watcher();
@@ -556,112 +555,45 @@ struct RequestNote {
   outcome: Outcome,
 }
 
-thread_local! {
-  /// The note of the request whose future is being polled on this thread
-  /// (`Served` swaps each request's own in and out around its polls), so
-  /// that `handle` can write it without the note living in its future.
-  static NOTE: Cell<RequestNote> = const { Cell::new(RequestNote { worker: None, outcome: Outcome::Ok }) };
-}
-
-fn note_worker(worker: usize) {
-  NOTE.with(|note| {
-    note.set(RequestNote {
-      worker: Some(worker),
-      ..note.get()
-    })
-  });
-}
-
-fn note_outcome(outcome: Outcome) {
-  NOTE.with(|note| {
-    note.set(RequestNote {
-      outcome,
-      ..note.get()
-    })
-  });
-}
-
 /// What the access log needs that `handle` consumes.
 struct AccessLine {
   method: http::Method,
   path: String,
+  /// CPU time of the handler's synchronous run.
   cpu: Duration,
 }
 
-pin_project_lite::pin_project! {
-  /// A request's `handle` future, counted in the thread's metrics once it
-  /// is done (and logged, with `--access-log`). A plain struct around the
-  /// future rather than an async fn, so that hyper moves one future, not a
-  /// future holding another.
-  struct Served<F> {
-    #[pin]
-    inner: F,
-    ctx: Rc<ThreadContext>,
-    start: Instant,
-    note: RequestNote,
-    access: Option<AccessLine>,
-  }
+fn thread_cpu_ns() -> u64 {
+  crate::limits::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0)
 }
 
-fn serve_request(
-  request: Request<Incoming>,
-  ctx: Rc<ThreadContext>,
-) -> Served<impl std::future::Future<Output = Result<Response<ResponseBody>, Infallible>>> {
-  let access = ctx.shared.access_log.then(|| AccessLine {
-    method: request.method().clone(),
-    path: request.uri().path().to_owned(),
-    cpu: Duration::ZERO,
-  });
-  Served {
-    start: Instant::now(),
-    inner: handle(request, ctx.clone()),
-    ctx,
-    note: RequestNote::default(),
-    access,
+/// Counts a response in the thread's metrics (and logs it, with
+/// `--access-log`). Called by `handle` itself rather than by a future
+/// around it: hyper then moves one future per request, not two nested.
+fn finish(
+  ctx: &ThreadContext,
+  start: Instant,
+  note: RequestNote,
+  access: Option<AccessLine>,
+  response: &Response<ResponseBody>,
+) {
+  let wall = start.elapsed();
+  let status = response.status().as_u16();
+  let RequestNote { worker, outcome } = note;
+  if let Some(worker) = worker {
+    ctx.metrics.record(worker, status, wall, outcome);
   }
-}
-
-impl<F> std::future::Future for Served<F>
-where
-  F: std::future::Future<Output = Result<Response<ResponseBody>, Infallible>>,
-{
-  type Output = F::Output;
-
-  fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-    let this = self.project();
-    let cpu_before = this
-      .access
-      .is_some()
-      .then(|| crate::limits::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0));
-    let outer = NOTE.with(|note| note.replace(*this.note));
-    let polled = this.inner.poll(cx);
-    *this.note = NOTE.with(|note| note.replace(outer));
-    if let (Some(before), Some(access)) = (cpu_before, this.access.as_mut()) {
-      let after = crate::limits::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0);
-      access.cpu += Duration::from_nanos(after.saturating_sub(before));
-    }
-    let Poll::Ready(Ok(response)) = polled else {
-      return polled;
-    };
-    let wall = this.start.elapsed();
-    let status = response.status().as_u16();
-    let RequestNote { worker, outcome } = *this.note;
-    if let Some(worker) = worker {
-      this.ctx.metrics.record(worker, status, wall, outcome);
-    }
-    if let Some(access) = this.access.take() {
-      tracing::info!(
-        target: "access",
-        worker = %worker.map_or("-", |w| this.ctx.pool.worker(w).name.as_str()),
-        method = %access.method,
-        path = %access.path,
-        status,
-        wall_ms = format_args!("{:.3}", wall.as_secs_f64() * 1e3),
-        cpu_us = access.cpu.as_micros() as u64,
-        outcome = %outcome.as_str(),
-      );
-    }
-    Poll::Ready(Ok(response))
+  if let Some(access) = access {
+    tracing::info!(
+      target: "access",
+      worker = %worker.map_or("-", |w| ctx.pool.worker(w).name.as_str()),
+      method = %access.method,
+      path = %access.path,
+      status,
+      wall_ms = format_args!("{:.3}", wall.as_secs_f64() * 1e3),
+      cpu_us = access.cpu.as_micros() as u64,
+      outcome = %outcome.as_str(),
+    );
   }
 }
 
@@ -669,168 +601,184 @@ async fn handle(
   mut request: Request<Incoming>,
   ctx: Rc<ThreadContext>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-  // A WebSocket handshake: the handler decides; if it answers with a
-  // WebSocket, the connection is taken over once the 101 is sent.
-  let upgrade = websocket_key(&request).map(|key| (key, hyper::upgrade::on(&mut request)));
-  let (parts, body) = request.into_parts();
-  // A request without a body (hyper knows) declares no length to check.
-  let declared_length = (!body.is_end_stream())
-    .then(|| parts.headers.get(header::CONTENT_LENGTH))
-    .flatten()
-    .and_then(|v| v.to_str().ok())
-    .and_then(|v| v.parse::<u64>().ok());
-  if declared_length.is_some_and(|n| n > ctx.shared.limits.max_body_bytes) {
-    tracing::warn!(
-      "413: request body of {} bytes is over the {} byte limit",
-      declared_length.unwrap_or_default(),
-      ctx.shared.limits.max_body_bytes
-    );
-    return Ok(plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"));
-  }
-
-  // hyper enforces the limit only while a head arrives in pieces: one that
-  // came in whole, over the limit, is refused here.
-  let header_bytes: usize = parts
-    .headers
-    .iter()
-    .map(|(name, value)| name.as_str().len() + value.len() + 4)
-    .sum();
-  if header_bytes > ctx.shared.limits.max_header_bytes {
-    tracing::warn!(
-      "431: request headers of {header_bytes} bytes are over the {} byte limit",
-      ctx.shared.limits.max_header_bytes
-    );
-    return Ok(plain(
-      StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-      "Request Header Fields Too Large\n",
-    ));
-  }
-
-  let host = request_host(&parts, ctx.local_addr);
-  let Some(worker) = ctx.shared.router.route(&host, parts.uri.path()) else {
-    return Ok(plain(StatusCode::NOT_FOUND, "No worker is routed here.\n"));
-  };
-  note_worker(worker);
-  let worker_name = &ctx.pool.worker(worker).name;
-  if ctx.shared.test_scheduled && parts.uri.path() == "/__scheduled" {
-    return Ok(run_scheduled_for_test(&ctx, worker, parts.uri.query()).await);
-  }
-  // One tenant's burst may not take every connection slot: past its
-  // `limits.concurrent_requests` a worker's requests get a 503 at once.
-  let permit = match ctx.pool.worker(worker).quotas.acquire(Quota::Requests) {
-    Ok(permit) => permit,
-    Err(reason) => {
-      tracing::warn!(worker = %worker_name, "503: {reason}");
-      return Ok(plain(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Service Unavailable: the worker has too many requests in flight.\n",
-      ));
-    }
-  };
-  let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-  let mut url = String::with_capacity(7 + host.len() + path.len());
-  url.push_str("http://");
-  url.push_str(&host);
-  url.push_str(path);
-  let too_large = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
-  let body = too_large.as_ref().map(|exceeded| {
-    LimitedBody {
-      inner: body,
-      remaining: ctx.shared.limits.max_body_bytes,
-      exceeded: exceeded.clone(),
-    }
-    .boxed_unsync()
+  let start = Instant::now();
+  let mut note = RequestNote::default();
+  let mut access = ctx.shared.access_log.then(|| AccessLine {
+    method: request.method().clone(),
+    path: request.uri().path().to_owned(),
+    cpu: Duration::ZERO,
   });
-  let (respond, mut response) = oneshot::channel();
-  let incoming = IncomingRequest {
-    method: parts.method,
-    url,
-    headers: parts.headers,
-    body,
-    respond,
-    scheduled: None,
-  };
-  ctx.pool.dispatch(worker, incoming);
-  // Most handlers have answered by the time dispatch returns: only a
-  // response still to come needs the wall-clock timer.
-  let outcome = match response.try_recv() {
-    Ok(outcome) => Ok(outcome),
-    Err(oneshot::error::TryRecvError::Closed) => Err(()),
-    Err(oneshot::error::TryRecvError::Empty) => {
-      match tokio::time::timeout(ctx.shared.limits.response_timeout, response).await {
-        Ok(outcome) => outcome.map_err(drop),
-        Err(_) => {
-          note_outcome(Outcome::Limit);
-          tracing::error!(
-            worker = %worker_name,
-            "504: no response within the {} s wall-clock limit",
-            ctx.shared.limits.response_timeout.as_secs()
-          );
-          return Ok(plain(
-            StatusCode::GATEWAY_TIMEOUT,
-            "Gateway Timeout: the worker did not respond in time.\n",
-          ));
+  let response = 'serve: {
+    // A WebSocket handshake: the handler decides; if it answers with a
+    // WebSocket, the connection is taken over once the 101 is sent.
+    let upgrade = websocket_key(&request).map(|key| (key, hyper::upgrade::on(&mut request)));
+    let (parts, body) = request.into_parts();
+    // A request without a body (hyper knows) declares no length to check.
+    let declared_length = (!body.is_end_stream())
+      .then(|| parts.headers.get(header::CONTENT_LENGTH))
+      .flatten()
+      .and_then(|v| v.to_str().ok())
+      .and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|n| n > ctx.shared.limits.max_body_bytes) {
+      tracing::warn!(
+        "413: request body of {} bytes is over the {} byte limit",
+        declared_length.unwrap_or_default(),
+        ctx.shared.limits.max_body_bytes
+      );
+      break 'serve plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n");
+    }
+
+    // hyper enforces the limit only while a head arrives in pieces: one that
+    // came in whole, over the limit, is refused here.
+    let header_bytes: usize = parts
+      .headers
+      .iter()
+      .map(|(name, value)| name.as_str().len() + value.len() + 4)
+      .sum();
+    if header_bytes > ctx.shared.limits.max_header_bytes {
+      tracing::warn!(
+        "431: request headers of {header_bytes} bytes are over the {} byte limit",
+        ctx.shared.limits.max_header_bytes
+      );
+      break 'serve plain(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "Request Header Fields Too Large\n",
+      );
+    }
+
+    let host = request_host(&parts, ctx.local_addr);
+    let Some(worker) = ctx.shared.router.route(&host, parts.uri.path()) else {
+      break 'serve plain(StatusCode::NOT_FOUND, "No worker is routed here.\n");
+    };
+    note.worker = Some(worker);
+    let worker_name = &ctx.pool.worker(worker).name;
+    if ctx.shared.test_scheduled && parts.uri.path() == "/__scheduled" {
+      break 'serve run_scheduled_for_test(&ctx, worker, parts.uri.query()).await;
+    }
+    // One tenant's burst may not take every connection slot: past its
+    // `limits.concurrent_requests` a worker's requests get a 503 at once.
+    let permit = match ctx.pool.worker(worker).quotas.acquire(Quota::Requests) {
+      Ok(permit) => permit,
+      Err(reason) => {
+        tracing::warn!(worker = %worker_name, "503: {reason}");
+        break 'serve plain(
+          StatusCode::SERVICE_UNAVAILABLE,
+          "Service Unavailable: the worker has too many requests in flight.\n",
+        );
+      }
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut url = String::with_capacity(7 + host.len() + path.len());
+    url.push_str("http://");
+    url.push_str(&host);
+    url.push_str(path);
+    let too_large = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+    let body = too_large.as_ref().map(|exceeded| {
+      LimitedBody {
+        inner: body,
+        remaining: ctx.shared.limits.max_body_bytes,
+        exceeded: exceeded.clone(),
+      }
+      .boxed_unsync()
+    });
+    let (respond, mut response) = oneshot::channel();
+    let incoming = IncomingRequest {
+      method: parts.method,
+      url,
+      headers: parts.headers,
+      body,
+      respond,
+      scheduled: None,
+    };
+    // With the access log, the CPU time of the handler's synchronous run.
+    let cpu_before = access.is_some().then(thread_cpu_ns);
+    ctx.pool.dispatch(worker, incoming);
+    if let (Some(before), Some(access)) = (cpu_before, access.as_mut()) {
+      access.cpu = Duration::from_nanos(thread_cpu_ns().saturating_sub(before));
+    }
+    // Most handlers have answered by the time dispatch returns: only a
+    // response still to come needs the wall-clock timer.
+    let outcome = match response.try_recv() {
+      Ok(outcome) => Ok(outcome),
+      Err(oneshot::error::TryRecvError::Closed) => Err(()),
+      Err(oneshot::error::TryRecvError::Empty) => {
+        match tokio::time::timeout(ctx.shared.limits.response_timeout, response).await {
+          Ok(outcome) => outcome.map_err(drop),
+          Err(_) => {
+            note.outcome = Outcome::Limit;
+            tracing::error!(
+              worker = %worker_name,
+              "504: no response within the {} s wall-clock limit",
+              ctx.shared.limits.response_timeout.as_secs()
+            );
+            break 'serve plain(
+              StatusCode::GATEWAY_TIMEOUT,
+              "Gateway Timeout: the worker did not respond in time.\n",
+            );
+          }
         }
+      }
+    };
+    if too_large.is_some_and(|t| t.load(Ordering::Relaxed)) {
+      tracing::warn!(
+        worker = %worker_name,
+        "413: request body is over the {} byte limit",
+        ctx.shared.limits.max_body_bytes
+      );
+      break 'serve plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n");
+    }
+    match outcome {
+      Ok(HandlerOutcome::Response(mut response)) => {
+        let Some(link) = response
+          .extensions()
+          .get::<WebSocketUpgrade>()
+          .and_then(WebSocketUpgrade::take)
+        else {
+          // A tenant's bodies waiting for slow clients are bounded too.
+          let quotas = &ctx.pool.worker(worker).quotas;
+          if let Err(reason) = response.body_mut().count_against(quotas) {
+            tracing::warn!(worker = %worker_name, "503: {reason}");
+            break 'serve plain(
+              StatusCode::SERVICE_UNAVAILABLE,
+              "Service Unavailable: the worker's responses waiting for slow clients hold too much memory.\n",
+            );
+          }
+          // The request is in flight until its body has gone out.
+          response.body_mut().hold(permit);
+          break 'serve response;
+        };
+        match upgrade {
+          Some((key, on_upgrade)) => accept_websocket(&ctx, response, &key, on_upgrade, link),
+          None => {
+            tracing::error!(
+              worker = %worker_name,
+              "500: the handler answered with a WebSocket (status 101), but the request is not a WebSocket upgrade"
+            );
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+          }
+        }
+      }
+      Ok(HandlerOutcome::Error(error)) => {
+        note.outcome = Outcome::Exception;
+        tracing::error!(worker = %worker_name, "500: {error}");
+        plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+      }
+      Ok(HandlerOutcome::Unavailable(reason)) => {
+        note.outcome = Outcome::Limit;
+        tracing::error!(worker = %worker_name, "503: {reason}");
+        plain(
+          StatusCode::SERVICE_UNAVAILABLE,
+          "Service Unavailable: the worker was stopped by a limit.\n",
+        )
+      }
+      Err(_) => {
+        tracing::error!(worker = %worker_name, "500: the worker stopped before responding");
+        plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
       }
     }
   };
-  if too_large.is_some_and(|t| t.load(Ordering::Relaxed)) {
-    tracing::warn!(
-      worker = %worker_name,
-      "413: request body is over the {} byte limit",
-      ctx.shared.limits.max_body_bytes
-    );
-    return Ok(plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"));
-  }
-  Ok(match outcome {
-    Ok(HandlerOutcome::Response(mut response)) => {
-      let Some(link) = response
-        .extensions()
-        .get::<WebSocketUpgrade>()
-        .and_then(WebSocketUpgrade::take)
-      else {
-        // A tenant's bodies waiting for slow clients are bounded too.
-        let quotas = &ctx.pool.worker(worker).quotas;
-        if let Err(reason) = response.body_mut().count_against(quotas) {
-          tracing::warn!(worker = %worker_name, "503: {reason}");
-          return Ok(plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service Unavailable: the worker's responses waiting for slow clients hold too much memory.\n",
-          ));
-        }
-        // The request is in flight until its body has gone out.
-        response.body_mut().hold(permit);
-        return Ok(response);
-      };
-      match upgrade {
-        Some((key, on_upgrade)) => accept_websocket(&ctx, response, &key, on_upgrade, link),
-        None => {
-          tracing::error!(
-            worker = %worker_name,
-            "500: the handler answered with a WebSocket (status 101), but the request is not a WebSocket upgrade"
-          );
-          plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
-        }
-      }
-    }
-    Ok(HandlerOutcome::Error(error)) => {
-      note_outcome(Outcome::Exception);
-      tracing::error!(worker = %worker_name, "500: {error}");
-      plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
-    }
-    Ok(HandlerOutcome::Unavailable(reason)) => {
-      note_outcome(Outcome::Limit);
-      tracing::error!(worker = %worker_name, "503: {reason}");
-      plain(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Service Unavailable: the worker was stopped by a limit.\n",
-      )
-    }
-    Err(_) => {
-      tracing::error!(worker = %worker_name, "500: the worker stopped before responding");
-      plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
-    }
-  })
+  finish(&ctx, start, note, access, &response);
+  Ok(response)
 }
 
 /// The `Sec-WebSocket-Key` of an HTTP/1.1 WebSocket handshake (RFC 6455
