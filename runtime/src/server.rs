@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -563,6 +563,12 @@ struct AccessLine {
   cpu: Duration,
 }
 
+/// The monotonic clock in ns: read directly, a few instructions cheaper
+/// on the request path than `Instant`'s checked arithmetic.
+fn monotonic_ns() -> u64 {
+  crate::limits::clock_ns(libc::CLOCK_MONOTONIC).unwrap_or(0)
+}
+
 fn thread_cpu_ns() -> u64 {
   crate::limits::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0)
 }
@@ -572,12 +578,12 @@ fn thread_cpu_ns() -> u64 {
 /// around it: hyper then moves one future per request, not two nested.
 fn finish(
   ctx: &ThreadContext,
-  start: Instant,
+  start_ns: u64,
   note: RequestNote,
   access: Option<AccessLine>,
   response: &Response<ResponseBody>,
 ) {
-  let wall = start.elapsed();
+  let wall = Duration::from_nanos(monotonic_ns().saturating_sub(start_ns));
   let status = response.status().as_u16();
   let RequestNote { worker, outcome } = note;
   if let Some(worker) = worker {
@@ -601,7 +607,7 @@ async fn handle(
   mut request: Request<Incoming>,
   ctx: Rc<ThreadContext>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-  let start = Instant::now();
+  let start_ns = monotonic_ns();
   let mut note = RequestNote::default();
   let mut access = ctx.shared.access_log.then(|| AccessLine {
     method: request.method().clone(),
@@ -777,7 +783,7 @@ async fn handle(
       }
     }
   };
-  finish(&ctx, start, note, access, &response);
+  finish(&ctx, start_ns, note, access, &response);
   Ok(response)
 }
 
