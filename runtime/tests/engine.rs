@@ -1004,8 +1004,9 @@ fn startup_config(name: &str, control: &str, startup_ms: u64, limits: &str) -> P
   scratch_config(
     name,
     &format!(
-      // The control server is on loopback, which a config's default outbound policy denies.
-      "[[workers]]\nname = \"slow-start\"\nmain = {:?}\nvars = {{ CONTROL = {control:?}, STARTUP_MS = \"{startup_ms}\" }}\nlimits = {limits}\noutbound = [\"local\"]\n",
+      // The control server is on loopback, which a config's default outbound policy denies; the
+      // fixture busy-waits on Date.now(), which a config worker's coarse clock would freeze.
+      "[[workers]]\nname = \"slow-start\"\nmain = {:?}\nvars = {{ CONTROL = {control:?}, STARTUP_MS = \"{startup_ms}\" }}\nlimits = {limits}\noutbound = [\"local\"]\ncoarse_time = false\n",
       engine_fixture("startup-control.js").display().to_string()
     ),
   )

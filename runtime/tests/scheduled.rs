@@ -174,7 +174,8 @@ async fn scheduled_runs_have_their_own_cpu_limit() {
     std::fs::write(
       &config,
       format!(
-        "[[workers]]\nname = \"cron\"\nmain = {:?}\nlimits = {{ cpu_ms = 5, scheduled_cpu_ms = 5000 }}\n",
+        // The fixture busy-waits on Date.now(), which a config worker's coarse clock would freeze.
+        "[[workers]]\nname = \"cron\"\nmain = {:?}\nlimits = {{ cpu_ms = 5, scheduled_cpu_ms = 5000 }}\ncoarse_time = false\n",
         scheduled_fixture("module.js").display().to_string()
       ),
     )
