@@ -52,6 +52,13 @@ pub enum Quota {
 }
 
 impl Quota {
+  pub const ALL: [Quota; 4] = [
+    Quota::Requests,
+    Quota::WebSockets,
+    Quota::Subrequests,
+    Quota::ResponseBytes,
+  ];
+
   /// The config key of its limit.
   pub fn key(self) -> &'static str {
     match self {
@@ -81,6 +88,8 @@ pub struct WorkerQuotas {
   websockets: AtomicUsize,
   subrequests: AtomicUsize,
   response_bytes: AtomicUsize,
+  /// Refusals so far, by quota (`Quota::ALL` order), for `/metrics`.
+  refusals: [AtomicUsize; 4],
 }
 
 impl WorkerQuotas {
@@ -116,6 +125,7 @@ impl WorkerQuotas {
     let taken = count.fetch_add(units, Ordering::AcqRel);
     if taken.saturating_add(units) > limit {
       count.fetch_sub(units, Ordering::AcqRel);
+      self.refusals[quota as usize].fetch_add(1, Ordering::Relaxed);
       return Err(format!(
         "too many {}: this worker's limit is {limit} ({})",
         quota.what(),
@@ -127,6 +137,11 @@ impl WorkerQuotas {
       quota,
       units,
     })
+  }
+
+  /// How many times `quota` refused so far.
+  pub fn refusals(&self, quota: Quota) -> usize {
+    self.refusals[quota as usize].load(Ordering::Relaxed)
   }
 
   /// How many units of `quota` are held now.
@@ -186,6 +201,8 @@ mod tests {
       "too many open WebSockets: this worker's limit is 2 (limits.websockets)"
     );
     assert_eq!(quotas.held(Quota::WebSockets), 2);
+    assert_eq!(quotas.refusals(Quota::WebSockets), 1);
+    assert_eq!(quotas.refusals(Quota::Requests), 0);
     drop(a);
     assert_eq!(quotas.held(Quota::WebSockets), 1);
     assert!(quotas.acquire(Quota::WebSockets).is_ok());

@@ -15,6 +15,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use runtime_ext::quota::{Quota, WorkerQuotas};
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -154,6 +155,8 @@ pub fn count(event: Event) {
 /// thread's counters; also the readiness `/readyz` reports.
 pub struct Metrics {
   workers: Vec<String>,
+  /// Each worker's quotas (their refusals are counted there).
+  quotas: Vec<Arc<WorkerQuotas>>,
   threads: Mutex<Vec<(usize, Arc<ThreadMetrics>)>>,
   ready: AtomicBool,
 }
@@ -167,9 +170,12 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-  pub fn new(workers: Vec<String>) -> Arc<Self> {
+  /// `workers`: each worker's name and quotas, in config order.
+  pub fn new(workers: Vec<(String, Arc<WorkerQuotas>)>) -> Arc<Self> {
+    let (workers, quotas) = workers.into_iter().unzip();
     Arc::new(Self {
       workers,
+      quotas,
       threads: Mutex::new(Vec::new()),
       ready: AtomicBool::new(false),
     })
@@ -299,6 +305,20 @@ impl Collector for Metrics {
     }
 
     let mut family = encoder.encode_descriptor(
+      "runtime_quota_refusals",
+      "Refusals of a worker's quotas (limits.concurrent_requests, websockets, subrequests_in_flight, pending_response_bytes).",
+      None,
+      MetricType::Counter,
+    )?;
+    for (name, quotas) in self.workers.iter().zip(&self.quotas) {
+      for quota in Quota::ALL {
+        let key = quota.key().trim_start_matches("limits.");
+        let labels: Labels = vec![("worker", name.clone()), ("quota", key.to_string())];
+        ConstCounter::new(quotas.refusals(quota) as u64).encode(family.encode_family(&labels)?)?;
+      }
+    }
+
+    let mut family = encoder.encode_descriptor(
       "runtime_thread_cpu_seconds",
       "CPU time of each server thread (its isolates and its share of the server).",
       None,
@@ -376,7 +396,8 @@ mod tests {
 
   #[test]
   fn counters_of_every_thread_are_summed_per_worker() {
-    let metrics = Metrics::new(vec!["a".into(), "b".into()]);
+    let quotas = || WorkerQuotas::new(Default::default());
+    let metrics = Metrics::new(vec![("a".into(), quotas()), ("b".into(), quotas())]);
     let one = metrics.register_thread(0);
     let two = std::thread::scope(|s| {
       s.spawn(|| metrics.register_thread(1))
@@ -411,6 +432,10 @@ mod tests {
     );
     assert!(
       text.contains("runtime_isolates_created_total 1\n"),
+      "{text}"
+    );
+    assert!(
+      text.contains("runtime_quota_refusals_total{worker=\"b\",quota=\"websockets\"} 0\n"),
       "{text}"
     );
   }

@@ -113,7 +113,7 @@ pub fn serve(mut options: ServeOptions) -> anyhow::Result<()> {
       .config
       .workers
       .iter()
-      .map(|w| w.name.clone())
+      .map(|w| (w.name.clone(), w.quotas.clone()))
       .collect(),
   );
   if let Some(addr) = options.admin {

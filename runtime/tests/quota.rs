@@ -58,7 +58,9 @@ async fn slow_upstream(delay: Duration) -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn past_its_concurrent_requests_a_tenant_gets_503s_and_the_other_is_served() {
   within(60, async {
-    let mut srv = serve(serve_config_cmd(&config()));
+    let mut cmd = serve_config_cmd(&config());
+    cmd.args(["--admin", "127.0.0.1:0"]);
+    let mut srv = serve(cmd);
     let c = client();
     let slow: Vec<_> = (0..2)
       .map(|_| tokio::spawn(c.get(srv.url("/small/slow?ms=2000")).send()))
@@ -88,6 +90,17 @@ async fn past_its_concurrent_requests_a_tenant_gets_503s_and_the_other_is_served
       "too many requests in flight: this worker's limit is 2 (limits.concurrent_requests)",
     ]);
     assert_eq!(lines.len(), 1, "{}", srv.stderr());
+    // /metrics counts the refusal, by worker and quota.
+    let log = srv.stderr();
+    let at = log.find("admin on ").expect("the admin line") + "admin on ".len();
+    let admin = log[at..].split_whitespace().next().unwrap().trim_end_matches('/');
+    let metrics = c.get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    for (worker, refusals) in [("small", 1), ("roomy", 0)] {
+      let sample = format!(
+        "runtime_quota_refusals_total{{worker=\"{worker}\",quota=\"concurrent_requests\"}} {refusals}\n"
+      );
+      assert!(metrics.contains(&sample), "no {sample:?} in\n{metrics}");
+    }
     srv.stop_cleanly().await;
   })
   .await;
