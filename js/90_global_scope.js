@@ -309,6 +309,7 @@ const globalScope = {
   PerformanceMark: nonEnumerable(web.performance.PerformanceMark),
   PerformanceMeasure: nonEnumerable(web.performance.PerformanceMeasure),
   PromiseRejectionEvent: nonEnumerable(event.PromiseRejectionEvent),
+  QuotaExceededError: nonEnumerable(web.domException.QuotaExceededError),
   ReadableByteStreamController: nonEnumerable(
     streams.ReadableByteStreamController,
   ),
@@ -446,11 +447,15 @@ const DOM_EXCEPTION_OP_ERRORS = [
 ];
 
 function registerDomExceptionErrors() {
-  const { DOMException } = web.domException;
+  const { DOMException, QuotaExceededError } = web.domException;
   for (const name of DOM_EXCEPTION_OP_ERRORS) {
     core.registerErrorBuilder(
       `DOMException${name}`,
-      (message) => new DOMException(message, name),
+      // QuotaExceededError is its own DOMException subclass now (WebIDL):
+      // getRandomValues over 65536 bytes throws one.
+      name === "QuotaExceededError"
+        ? (message) => new QuotaExceededError(message)
+        : (message) => new DOMException(message, name),
     );
   }
 }
