@@ -34,15 +34,8 @@ async fn serve_with_admin(args: &[&str]) -> (Server, String) {
     .args(["--admin", "127.0.0.1:0", "--threads", "2"])
     .args(args);
   let srv = serve(cmd);
-  srv.wait_for_stderr("admin on http://", 10).await;
-  let log = srv.stderr();
-  let at = log.find("admin on http://").unwrap() + "admin on ".len();
-  let admin = log[at..]
-    .split_whitespace()
-    .next()
-    .unwrap()
-    .trim_end_matches('/');
-  (srv, admin.to_string())
+  let admin = srv.admin_url().await;
+  (srv, admin)
 }
 
 /// The samples of a Prometheus text exposition: `name{labels}` → value, with the labels sorted

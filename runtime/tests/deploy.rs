@@ -197,15 +197,8 @@ async fn the_deployments_config_args_and_probes_work_in_the_real_server() {
     let mut cmd = Command::new(BIN);
     cmd.args(&mapped).env_remove("RUST_LOG");
     let mut srv = serve(cmd);
-    srv.wait_for_stderr("admin on http://", 10).await;
+    let admin = srv.admin_url().await;
     let log = srv.stderr();
-    let at = log.find("admin on http://").unwrap() + "admin on ".len();
-    let admin = log[at..]
-      .split_whitespace()
-      .next()
-      .unwrap()
-      .trim_end_matches('/')
-      .to_string();
     // The JSON logs the args ask for.
     assert!(log.lines().all(|l| l.starts_with('{')), "{log}");
 

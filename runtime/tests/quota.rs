@@ -91,9 +91,7 @@ async fn past_its_concurrent_requests_a_tenant_gets_503s_and_the_other_is_served
     ]);
     assert_eq!(lines.len(), 1, "{}", srv.stderr());
     // /metrics counts the refusal, by worker and quota.
-    let log = srv.stderr();
-    let at = log.find("admin on ").expect("the admin line") + "admin on ".len();
-    let admin = log[at..].split_whitespace().next().unwrap().trim_end_matches('/');
+    let admin = srv.admin_url().await;
     let metrics = c.get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
     for (worker, refusals) in [("small", 1), ("roomy", 0)] {
       let sample = format!(
