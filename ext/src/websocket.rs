@@ -812,10 +812,21 @@ where
             if sink.feed(message).await.is_err() {
               break;
             }
-            while let Ok(ToPeer::Message(more)) = from_js.try_recv() {
-              len += more.len();
-              if sink.feed(more).await.is_err() {
-                break;
+            // What else JavaScript queued goes out in the same flush; a
+            // close among it ends the batch and follows the messages.
+            let mut close = None;
+            while let Ok(next) = from_js.try_recv() {
+              match next {
+                ToPeer::Message(more) => {
+                  len += more.len();
+                  if sink.feed(more).await.is_err() {
+                    break;
+                  }
+                }
+                ToPeer::Close(code, reason) => {
+                  close = Some((code, reason));
+                  break;
+                }
               }
             }
             let flushed = sink.flush().await;
@@ -824,7 +835,7 @@ where
             if flushed.is_err() {
               break;
             }
-            None
+            close.and_then(|(code, reason)| send_close(code, reason))
           }
           Some(ToPeer::Close(code, reason)) => send_close(code, reason),
           None => {

@@ -143,6 +143,18 @@ async fn the_server_closes_with_its_code_and_sees_the_clean_close() {
   assert_eq!(events["closes"][0]["wasClean"], true, "{events}");
 }
 
+/// Messages sent just before `close()` go out, and then the close with its code: none of the
+/// three is lost when they are queued together.
+#[tokio::test]
+async fn messages_then_a_close_sent_at_once_all_arrive_in_order() {
+  let server = serve_one_isolate(&fixture("websocket/echo.js"));
+  let mut socket = connect(&server, "/echo").await;
+  socket.send(Message::text("last-words")).await.unwrap();
+  assert_eq!(next(&mut socket).await, Message::text("one"));
+  assert_eq!(next(&mut socket).await, Message::text("two"));
+  assert_eq!(close_frame(&mut socket).await, (4002, "said".to_string()));
+}
+
 #[tokio::test]
 async fn a_vanished_client_gives_the_script_a_close_event() {
   let server = serve_one_isolate(&fixture("websocket/echo.js"));
