@@ -55,6 +55,15 @@ fn watchdog() -> &'static Watchdog {
   })
 }
 
+/// The calling thread's CPU clock, readable from other threads.
+pub fn current_thread_cpu_clock() -> libc::clockid_t {
+  let mut clock: libc::clockid_t = 0;
+  // SAFETY: pthread_self() is always valid for the calling thread.
+  let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+  assert_eq!(rc, 0, "pthread_getcpuclockid failed");
+  clock
+}
+
 /// Nanoseconds on `clock` (a thread's CPU clock, or a system clock such as
 /// `CLOCK_MONOTONIC_COARSE`); none if the clock is gone (a thread that ended).
 pub fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
@@ -158,10 +167,7 @@ impl Watchdog {
 impl CpuSlot {
   /// Registers the calling thread with the watchdog.
   pub fn for_current_thread() -> Arc<CpuSlot> {
-    let mut clock: libc::clockid_t = 0;
-    // SAFETY: pthread_self() is always valid for the calling thread.
-    let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
-    assert_eq!(rc, 0, "pthread_getcpuclockid failed");
+    let clock = current_thread_cpu_clock();
     let slot = Arc::new(CpuSlot {
       clock,
       generation: AtomicU64::new(0),

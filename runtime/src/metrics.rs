@@ -184,12 +184,8 @@ impl Metrics {
   /// Counters for the calling server thread (`index` labels its CPU time);
   /// also what [`count`] reaches on it.
   pub fn register_thread(&self, index: usize) -> Arc<ThreadMetrics> {
-    let mut cpu_clock: libc::clockid_t = 0;
-    // SAFETY: pthread_self() is always valid for the calling thread.
-    let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut cpu_clock) };
-    assert_eq!(rc, 0, "pthread_getcpuclockid failed");
     let thread = Arc::new(ThreadMetrics {
-      cpu_clock,
+      cpu_clock: crate::limits::current_thread_cpu_clock(),
       workers: self
         .workers
         .iter()

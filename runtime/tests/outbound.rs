@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// A loopback HTTP server on `ip` that counts its requests: `/redirect?to=URL` answers a 302 to
 /// URL, anything else a 200 "upstream".
@@ -32,14 +32,9 @@ async fn upstream(ip: &str) -> Upstream {
       };
       counted.fetch_add(1, Ordering::SeqCst);
       tokio::spawn(async move {
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-          match socket.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-          }
-        }
+        let Some(head) = read_request_head(&mut socket).await else {
+          return;
+        };
         let head = String::from_utf8_lossy(&head);
         let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
         let reply = match target.strip_prefix("/redirect?to=") {

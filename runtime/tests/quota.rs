@@ -37,13 +37,8 @@ async fn slow_upstream(delay: Duration) -> u16 {
   tokio::spawn(async move {
     while let Ok((mut socket, _)) = listener.accept().await {
       tokio::spawn(async move {
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-          match socket.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-          }
+        if read_request_head(&mut socket).await.is_none() {
+          return;
         }
         tokio::time::sleep(delay).await;
         let _ = socket

@@ -164,6 +164,25 @@ pub struct RewriterResource {
   cancel: CancelHandle,
 }
 
+/// Why the next message is an error when the thread is gone without one.
+const THREAD_GONE: &str = "the HTMLRewriter's thread ended unexpectedly";
+
+impl RewriterResource {
+  /// Keeps `message` for the op JavaScript calls next, and says which one
+  /// that is (`NEXT_*`).
+  fn keep_current(&self, message: Message) -> u32 {
+    let kind = match &message {
+      Message::Output(_) => NEXT_OUTPUT,
+      Message::NeedInput => NEXT_INPUT,
+      Message::Event(_) => NEXT_EVENT,
+      Message::Done => NEXT_DONE,
+      Message::Error(_) => NEXT_ERROR,
+    };
+    *self.current.borrow_mut() = Some(message);
+    kind
+  }
+}
+
 impl Resource for RewriterResource {
   fn name(&self) -> Cow<'_, str> {
     "htmlRewriter".into()
@@ -552,18 +571,10 @@ pub async fn op_html_rewriter_next(
   };
   let message = match next {
     Ok(Some(message)) => message,
-    Ok(None) => Message::Error("the HTMLRewriter's thread ended unexpectedly".into()),
+    Ok(None) => Message::Error(THREAD_GONE.into()),
     Err(_) => return Err(JsErrorBox::generic("the HTMLRewriter was cancelled")),
   };
-  let kind = match &message {
-    Message::Output(_) => NEXT_OUTPUT,
-    Message::NeedInput => NEXT_INPUT,
-    Message::Event(_) => NEXT_EVENT,
-    Message::Done => NEXT_DONE,
-    Message::Error(_) => NEXT_ERROR,
-  };
-  *rewriter.current.borrow_mut() = Some(message);
-  Ok(kind)
+  Ok(rewriter.keep_current(message))
 }
 
 /// What the rewriter does next, if it does so within a few microseconds
@@ -581,23 +592,13 @@ pub fn op_html_rewriter_try_next(
   let message = spin_for(|| match messages.try_recv() {
     Ok(message) => Some(message),
     Err(mpsc::error::TryRecvError::Empty) => None,
-    Err(mpsc::error::TryRecvError::Disconnected) => Some(Message::Error(
-      "the HTMLRewriter's thread ended unexpectedly".into(),
-    )),
+    Err(mpsc::error::TryRecvError::Disconnected) => Some(Message::Error(THREAD_GONE.into())),
   });
   drop(messages);
   let Some(message) = message else {
     return Ok(NEXT_PENDING);
   };
-  let kind = match &message {
-    Message::Output(_) => NEXT_OUTPUT,
-    Message::NeedInput => NEXT_INPUT,
-    Message::Event(_) => NEXT_EVENT,
-    Message::Done => NEXT_DONE,
-    Message::Error(_) => NEXT_ERROR,
-  };
-  *rewriter.current.borrow_mut() = Some(message);
-  Ok(kind)
+  Ok(rewriter.keep_current(message))
 }
 
 fn take_current(state: &OpState, rid: ResourceId) -> Result<Option<Message>, JsErrorBox> {

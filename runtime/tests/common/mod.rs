@@ -513,3 +513,18 @@ pub async fn get_json(c: &reqwest::Client, url: &str) -> (u16, Value) {
     .unwrap_or_else(|e| panic!("GET {url}: body is not JSON ({e}): {body:?}"));
   (status, v)
 }
+
+/// Reads an HTTP request's head from `socket` (for the tests' own raw upstreams); `None` if the
+/// connection ends first.
+pub async fn read_request_head<S: tokio::io::AsyncRead + Unpin>(socket: &mut S) -> Option<Vec<u8>> {
+  use tokio::io::AsyncReadExt;
+  let mut head = Vec::new();
+  let mut buf = [0u8; 1024];
+  while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    match socket.read(&mut buf).await {
+      Ok(0) | Err(_) => return None,
+      Ok(n) => head.extend_from_slice(&buf[..n]),
+    }
+  }
+  Some(head)
+}
