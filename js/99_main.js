@@ -19,7 +19,13 @@ import { hideCryptoInternals } from "ext:runtime/40_crypto.js";
 import { performance } from "ext:runtime/00_web.js";
 import { createKvNamespace } from "ext:runtime/50_kv.js";
 
-const { ReflectDeleteProperty } = primordials;
+const {
+  FunctionPrototypeBind,
+  ObjectDefineProperty,
+  ObjectHasOwn,
+  ObjectKeys,
+  ReflectDeleteProperty,
+} = primordials;
 const { op_set_wasm_streaming_callback } = core.ops;
 
 installGlobalScope();
@@ -37,7 +43,29 @@ function bootstrap(buildTime = false) {
   ReflectDeleteProperty(globalThis, "__runtimeBootstrap");
   ReflectDeleteProperty(globalThis, "Deno");
   ReflectDeleteProperty(globalThis, "__bootstrap");
-  return [dispatchFetch, setHandler, createKvNamespace];
+  return [dispatchFetch, setHandler, createKvNamespace, wireConsoleToInspector];
+}
+
+// Under `--inspect`: console calls also reach V8's own console, which the
+// inspector reports to DevTools (as Deno wires it). Only then: without an
+// inspector that would be one more call per console method for nothing.
+// (core.wrapConsole reads `Deno.core`, which bootstrap removed.)
+const { callConsole, v8Console } = core;
+function wireConsoleToInspector() {
+  const console = globalThis.console;
+  const keys = ObjectKeys(v8Console);
+  for (let i = 0; i < keys.length; ++i) {
+    const key = keys[i];
+    if (!ObjectHasOwn(console, key)) continue;
+    const method = FunctionPrototypeBind(
+      callConsole,
+      console,
+      v8Console[key],
+      console[key],
+    );
+    ObjectDefineProperty(method, "name", { __proto__: null, value: key });
+    console[key] = method;
+  }
 }
 
 // Build time: compiles bootstrap (and setTimeOrigin) into the snapshot as

@@ -214,6 +214,8 @@ pub struct WorkerConfig {
   /// Under `runtime dev`: the version that serves (its files, kept), which
   /// the watcher replaces when the files change.
   pub dev: Option<Arc<crate::dev::DevVersion>>,
+  /// Under `--inspect`: where its isolates register for debuggers.
+  pub inspector: Option<Arc<crate::inspector::Inspector>>,
 }
 
 /// One cron trigger: Workers' five fields (minute hour day-of-month month
@@ -326,6 +328,7 @@ impl EngineConfig {
         // A script you run yourself: its clocks are fine-grained.
         coarse_time: false,
         dev: None,
+        inspector: None,
         quotas: WorkerQuotas::new(limits.quotas),
       }],
     })
@@ -519,6 +522,7 @@ impl EngineConfig {
         quotas: WorkerQuotas::new(limits.quotas),
         coarse_time: w.coarse_time.or(file.engine.coarse_time).unwrap_or(true),
         dev: None,
+        inspector: None,
       });
     }
     if let Some(mb) = file.engine.max_memory_mb {

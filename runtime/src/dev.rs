@@ -57,6 +57,8 @@ impl DevVersion {
 async fn load_version(config: &WorkerConfig, ctx: &WorkerContext) -> anyhow::Result<ModuleFiles> {
   let mut scratch = config.clone();
   scratch.dev = Some(DevVersion::new());
+  // A scratch isolate is no debugger target.
+  scratch.inspector = None;
   let mut worker = Worker::load(&scratch, ctx).await?;
   Ok(worker.take_loaded_files().unwrap_or_default())
 }

@@ -7,6 +7,7 @@ pub mod coarse_timer;
 pub mod config;
 pub mod dev;
 pub mod drain;
+pub mod inspector;
 pub mod limits;
 pub mod loader;
 pub mod metrics;

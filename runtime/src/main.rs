@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use runtime::config::{EngineConfig, Isolation, WorkerLimits};
-use runtime::server::{serve, Limits, ServeOptions};
+use runtime::server::{serve, InspectOptions, Limits, ServeOptions};
 
 /// A V8-isolate JavaScript runtime for Workers-style scripts.
 #[derive(Parser)]
@@ -115,11 +115,25 @@ struct ServeArgs {
   /// status, wall ms, CPU µs, outcome (ok / exception / limit).
   #[arg(long)]
   access_log: bool,
+  /// Serve the V8 inspector on ADDR [default: 127.0.0.1:9229]: Chrome
+  /// DevTools (chrome://inspect) or VS Code attach to a worker through
+  /// /json/list. One server thread, no CPU limits.
+  #[arg(long, value_name = "ADDR", num_args = 0..=1, require_equals = true,
+        default_missing_value = DEFAULT_INSPECT, conflicts_with = "inspect_brk")]
+  inspect: Option<SocketAddr>,
+  /// As --inspect, and each worker's first isolate waits for a debugger to
+  /// attach and pauses on its first statement.
+  #[arg(long, value_name = "ADDR", num_args = 0..=1, require_equals = true,
+        default_missing_value = DEFAULT_INSPECT)]
+  inspect_brk: Option<SocketAddr>,
   /// Where the shorthand and wrangler projects keep local state (KV
   /// namespaces).
   #[arg(long, default_value = ".runtime-state")]
   state_dir: PathBuf,
 }
+
+/// Where `--inspect` listens without an address, as Node and Deno do.
+const DEFAULT_INSPECT: &str = "127.0.0.1:9229";
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum IsolationArg {
@@ -241,6 +255,17 @@ fn serve_command(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     admin: args.admin,
     access_log: args.access_log,
     dev: dev.then_some(runtime::server::DevOptions { config_file }),
+    inspect: match (args.inspect, args.inspect_brk) {
+      (_, Some(addr)) => Some(InspectOptions {
+        addr,
+        break_on_start: true,
+      }),
+      (Some(addr), None) => Some(InspectOptions {
+        addr,
+        break_on_start: false,
+      }),
+      (None, None) => None,
+    },
   })
 }
 

@@ -81,7 +81,21 @@ pub struct ServeOptions {
   pub access_log: bool,
   /// `runtime dev`: watch and reload.
   pub dev: Option<DevOptions>,
+  /// `--inspect` / `--inspect-brk`: the V8 inspector for debuggers.
+  pub inspect: Option<InspectOptions>,
 }
+
+/// Where the inspector listens, and whether each worker's first isolate
+/// waits for a debugger.
+#[derive(Debug, Clone, Copy)]
+pub struct InspectOptions {
+  pub addr: SocketAddr,
+  pub break_on_start: bool,
+}
+
+/// CPU limits under a debugger: time paused at a breakpoint costs none,
+/// but stepping does, and a debugging session is no runaway.
+const INSPECTED_CPU_MS: u64 = 24 * 3600 * 1000;
 
 /// What `runtime dev` watches besides the workers' folders.
 pub struct DevOptions {
@@ -130,6 +144,9 @@ pub fn serve(mut options: ServeOptions) -> anyhow::Result<()> {
     crate::dev::load_first_versions(&options.config.workers)?;
   } else {
     validate_workers(&options.config.workers)?;
+  }
+  if let Some(inspect) = options.inspect {
+    start_inspector(&mut options, inspect)?;
   }
   let first = bind_reuseport(options.addr)?;
   let local = first.local_addr()?;
@@ -230,6 +247,38 @@ pub fn serve(mut options: ServeOptions) -> anyhow::Result<()> {
   Ok(())
 }
 
+/// Starts the inspector and makes every worker register its isolates with
+/// it. One server thread, so that each worker has one isolate to debug,
+/// and no CPU limits.
+fn start_inspector(options: &mut ServeOptions, inspect: InspectOptions) -> anyhow::Result<()> {
+  if options.threads > 1 {
+    tracing::info!(
+      "--inspect: serving on one thread, so that each worker has one isolate to debug"
+    );
+    options.threads = 1;
+  }
+  let workers: Vec<(String, String)> = options
+    .config
+    .workers
+    .iter()
+    .map(|w| {
+      let url = deno_core::ModuleSpecifier::from_file_path(&w.main)
+        .map_or_else(|()| w.main.display().to_string(), |u| u.to_string());
+      (w.name.clone(), url)
+    })
+    .collect();
+  let inspector =
+    crate::inspector::Inspector::start(inspect.addr, &workers, inspect.break_on_start)?;
+  for worker in &mut options.config.workers {
+    worker.inspector = Some(inspector.clone());
+    worker.limits.cpu_ms = INSPECTED_CPU_MS;
+    worker.limits.startup_ms = INSPECTED_CPU_MS;
+    worker.limits.scheduled_cpu_ms = INSPECTED_CPU_MS;
+  }
+  tracing::info!("--inspect: CPU limits are off while debugging");
+  Ok(())
+}
+
 /// What every server thread shares, read-only.
 struct SharedConfig {
   router: Router,
@@ -313,6 +362,11 @@ async fn serve_thread(
   );
   if shared.workers.len() == 1 {
     pool.prewarm(0);
+  } else if shared.workers.iter().any(|w| w.inspector.is_some()) {
+    // Every worker a target a debugger can attach to from the start.
+    for index in 0..shared.workers.len() {
+      pool.prewarm(index);
+    }
   }
   let _ = ready.send(Ok(()));
   let limits = shared.limits.clone();

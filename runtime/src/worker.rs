@@ -370,6 +370,7 @@ impl Worker {
       dispatch,
       set_handler,
       create_kv,
+      wire_console,
       handle: isolate_handle,
       array_buffers,
     } = spare;
@@ -423,6 +424,16 @@ impl Worker {
       });
     });
 
+    // Under `--inspect`, before the script loads, so that the debugger
+    // learns of every module it parses.
+    let wait_for_debugger = match &config.inspector {
+      Some(inspector) => rt.with(|runtime| {
+        runtime.maybe_init_inspector();
+        call_entry_point(runtime, &wire_console);
+        inspector.register(&config.name, &runtime.inspector())
+      }),
+      None => false,
+    };
     let specifier = ModuleSpecifier::from_file_path(script)
       .map_err(|_| anyhow!("invalid script path {}", script.display()))?;
     let bindings = rt.with(|runtime| binding_values(runtime, config, &create_kv))?;
@@ -439,6 +450,13 @@ impl Worker {
       isolate,
       inner: Box::pin(async move {
         let module_id = runtime.load_main_es_module(&specifier).await?;
+        if wait_for_debugger {
+          // `--inspect-brk`: blocks this thread until a debugger attaches
+          // and resumes, then pauses on the top level's first statement.
+          runtime
+            .inspector()
+            .wait_for_session_and_break_on_next_statement();
+        }
         // Service-worker syntax sees its bindings as globals from the start,
         // module syntax never. Which one a script uses is certain only once
         // it has been evaluated (reading a module's exports earlier loses its
@@ -985,6 +1003,8 @@ struct SpareIsolate {
   set_handler: v8::Global<v8::Function>,
   /// `createKvNamespace(index)`: a KV binding's object.
   create_kv: v8::Global<v8::Function>,
+  /// `wireConsoleToInspector()`, for an isolate with an inspector.
+  wire_console: v8::Global<v8::Function>,
   handle: v8::IsolateHandle,
   array_buffers: Arc<ArrayBufferBudget>,
 }
@@ -1003,13 +1023,14 @@ impl SpareIsolate {
     let loader = Rc::new(ScriptLoader::new(Default::default()));
     let max_heap = (memory_mb as usize).saturating_mul(1024 * 1024);
     let (options, budget) = runtime_options(loader.clone(), Some(max_heap));
-    let (rt, (dispatch, set_handler, create_kv, handle)) =
+    let (rt, (dispatch, set_handler, create_kv, wire_console, handle)) =
       IsolateRuntime::new(options, |runtime| {
-        let [dispatch, set_handler, create_kv] = prepare(runtime, "")?;
+        let [dispatch, set_handler, create_kv, wire_console] = prepare(runtime, "")?;
         Ok((
           dispatch,
           set_handler,
           create_kv,
+          wire_console,
           runtime.v8_isolate().thread_safe_handle(),
         ))
       })?;
@@ -1021,6 +1042,7 @@ impl SpareIsolate {
       dispatch,
       set_handler,
       create_kv,
+      wire_console,
       handle,
       array_buffers,
     })
@@ -1132,14 +1154,14 @@ pub fn new_isolate(
   script_name: &str,
 ) -> anyhow::Result<(JsRuntime, [v8::Global<v8::Function>; 2])> {
   let mut runtime = JsRuntime::try_new(runtime_options(loader, None).0)?;
-  let [dispatch, set_handler, _create_kv] = prepare(&mut runtime, script_name)?;
+  let [dispatch, set_handler, _create_kv, _wire_console] = prepare(&mut runtime, script_name)?;
   Ok((runtime, [dispatch, set_handler]))
 }
 
 fn prepare(
   runtime: &mut JsRuntime,
   script_name: &str,
-) -> anyhow::Result<[v8::Global<v8::Function>; 3]> {
+) -> anyhow::Result<[v8::Global<v8::Function>; 4]> {
   {
     let state = runtime.op_state();
     let mut state = state.borrow_mut();
@@ -1149,10 +1171,26 @@ fn prepare(
   bootstrap(runtime)
 }
 
+/// Calls one of the engine's entry points into the isolate with no
+/// arguments.
+fn call_entry_point(runtime: &mut JsRuntime, function: &v8::Global<v8::Function>) {
+  deno_core::scope!(scope, runtime);
+  let function = v8::Local::new(scope, function);
+  let undefined = v8::undefined(scope);
+  v8::tc_scope!(let scope, scope);
+  function.call(scope, undefined.into(), &[]);
+  if let Some(exception) = scope.exception() {
+    tracing::error!(
+      "engine entry point failed: {}",
+      exception.to_rust_string_lossy(scope)
+    );
+  }
+}
+
 /// Calls the snapshot's bootstrap, which scrubs engine internals from the
 /// global scope and hands back `[dispatchFetch, setHandler,
-/// createKvNamespace]`.
-fn bootstrap(runtime: &mut JsRuntime) -> anyhow::Result<[v8::Global<v8::Function>; 3]> {
+/// createKvNamespace, wireConsoleToInspector]`.
+fn bootstrap(runtime: &mut JsRuntime) -> anyhow::Result<[v8::Global<v8::Function>; 4]> {
   deno_core::scope!(scope, runtime);
   let context = scope.get_current_context();
   let global = context.global(scope);
@@ -1173,7 +1211,7 @@ fn bootstrap(runtime: &mut JsRuntime) -> anyhow::Result<[v8::Global<v8::Function
       .ok_or_else(|| anyhow!("bootstrap returned no function {i}"))?;
     Ok(v8::Global::new(scope, f))
   };
-  Ok([get(0)?, get(1)?, get(2)?])
+  Ok([get(0)?, get(1)?, get(2)?, get(3)?])
 }
 
 /// Evaluates a loaded module, driving the event loop until its top-level

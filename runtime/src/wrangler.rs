@@ -309,6 +309,7 @@ pub fn load(path: &Path, options: &ProjectOptions) -> anyhow::Result<EngineConfi
       outbound: std::sync::Arc::new(options.outbound.clone()),
       coarse_time: options.coarse_time,
       dev: None,
+      inspector: None,
       quotas: runtime_ext::quota::WorkerQuotas::new(limits.quotas),
     }],
   })

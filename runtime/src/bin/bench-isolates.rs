@@ -83,6 +83,7 @@ fn worker_config(name: String, main: &std::path::Path) -> WorkerConfig {
     outbound: std::sync::Arc::new(runtime_ext::outbound::OutboundPolicy::any()),
     coarse_time: false,
     dev: None,
+    inspector: None,
     quotas: runtime_ext::quota::WorkerQuotas::new(Default::default()),
   }
 }

@@ -350,6 +350,21 @@ impl Server {
       .to_string()
   }
 
+  /// The inspector's base URL (`http://127.0.0.1:PORT`), from its start-up log line (for a
+  /// server started with `--inspect=127.0.0.1:0`).
+  pub async fn inspector_url(&self) -> String {
+    const LINE: &str = "inspector on http://";
+    self.wait_for_stderr(LINE, 10).await;
+    let log = self.stderr();
+    let at = log.find(LINE).unwrap() + "inspector on ".len();
+    log[at..]
+      .split_whitespace()
+      .next()
+      .unwrap()
+      .trim_end_matches("/json/list")
+      .to_string()
+  }
+
   /// Waits until stderr has grown past `len` bytes; returns the new part.
   pub async fn wait_for_stderr_growth(&self, len: usize, secs: u64, what: &str) -> String {
     let start = Instant::now();
