@@ -6,6 +6,15 @@
 //! starts the new version; the listening sockets stay); if it does not, the
 //! error is printed with file, line and column and the previous version
 //! keeps serving, from the copy of its files it was loaded from.
+//!
+//! A change to the config file (runtime.toml or a wrangler project) loads it
+//! again and every worker with it: bindings, KV namespaces, limits, the main
+//! module. Only once all of them load does the new configuration serve, as
+//! new versions of the same workers; a config that fails to parse or a
+//! worker that fails to load is printed and the previous configuration
+//! keeps serving. The set of workers, their routes and cron triggers, the
+//! listening address and the caches are fixed at start: a change to those
+//! is reported, and applies on a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +23,9 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 
-use crate::config::WorkerConfig;
+use anyhow::Context as _;
+
+use crate::config::{EngineConfig, WorkerConfig};
 use crate::loader::ModuleFiles;
 use crate::worker::{Worker, WorkerContext};
 
@@ -22,12 +33,26 @@ use crate::worker::{Worker, WorkerContext};
 /// are handled once, after this quiet time.
 const SETTLE: Duration = Duration::from_millis(150);
 
-/// The version of a worker that serves: its files, and a generation that
-/// grows with each new version (a warm isolate of an older one is let go).
-#[derive(Debug, Default)]
+/// Loads the config file again (as the command line loaded it first).
+pub type ConfigLoader = Box<dyn Fn() -> anyhow::Result<EngineConfig> + Send>;
+
+/// The version of a worker that serves: its files, its config once the
+/// config file was reloaded, and a generation that grows with each new
+/// version (a warm isolate of an older one is let go).
+#[derive(Default)]
 pub struct DevVersion {
   files: Mutex<Option<Arc<ModuleFiles>>>,
+  config: Mutex<Option<Arc<WorkerConfig>>>,
   generation: AtomicU64,
+}
+
+impl std::fmt::Debug for DevVersion {
+  // Not the config: it holds this version again.
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.debug_struct("DevVersion")
+      .field("generation", &self.generation())
+      .finish()
+  }
 }
 
 impl DevVersion {
@@ -45,9 +70,19 @@ impl DevVersion {
     self.generation.load(Ordering::Acquire)
   }
 
-  /// Makes `files` the serving version.
-  fn publish(&self, files: ModuleFiles) {
+  /// The worker's config from the reloaded config file, if it was reloaded
+  /// (else the one it started with serves).
+  pub fn config(&self) -> Option<Arc<WorkerConfig>> {
+    self.config.lock().unwrap().clone()
+  }
+
+  /// Makes `files` (and `config`, if the config file was reloaded) the
+  /// serving version.
+  fn publish(&self, files: ModuleFiles, config: Option<WorkerConfig>) {
     *self.files.lock().unwrap() = Some(Arc::new(files));
+    if let Some(config) = config {
+      *self.config.lock().unwrap() = Some(Arc::new(config));
+    }
     self.generation.fetch_add(1, Ordering::AcqRel);
   }
 }
@@ -70,7 +105,7 @@ pub fn load_first_versions(workers: &[WorkerConfig]) -> anyhow::Result<()> {
     for worker in workers {
       let files = load_version(worker, &ctx).await?;
       if let Some(dev) = &worker.dev {
-        dev.publish(files);
+        dev.publish(files, None);
       }
     }
     Ok(())
@@ -91,7 +126,11 @@ where
 
 /// Watches the workers' folders and `config_file` on a thread of its own for
 /// the life of the process.
-pub fn watch(workers: Vec<WorkerConfig>, config_file: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn watch(
+  mut workers: Vec<WorkerConfig>,
+  config_file: Option<PathBuf>,
+  load_config: Option<ConfigLoader>,
+) -> anyhow::Result<()> {
   let (tx, rx) = mpsc::channel();
   let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
     if let Ok(event) = event {
@@ -110,8 +149,12 @@ pub fn watch(workers: Vec<WorkerConfig>, config_file: Option<PathBuf>) -> anyhow
     watcher.watch(folder, RecursiveMode::Recursive)?;
   }
   let config_file = config_file.and_then(|f| std::fs::canonicalize(f).ok());
-  if let Some(file) = &config_file {
-    watcher.watch(file, RecursiveMode::NonRecursive)?;
+  if let Some(folder) = config_file.as_deref().and_then(Path::parent) {
+    // Its folder, not the file: an editor that saves by renaming a new
+    // file over the old one would end a watch on the file itself.
+    if !folders.iter().any(|f| folder.starts_with(f)) {
+      watcher.watch(folder, RecursiveMode::NonRecursive)?;
+    }
   }
   tracing::info!(
     "dev: watching {} for changes",
@@ -134,7 +177,14 @@ pub fn watch(workers: Vec<WorkerConfig>, config_file: Option<PathBuf>) -> anyhow
           }
           changed.sort();
           changed.dedup();
-          reload_changed(&workers, config_file.as_deref(), &changed, &ctx).await;
+          reload_changed(
+            &mut workers,
+            config_file.as_deref(),
+            load_config.as_ref(),
+            &changed,
+            &ctx,
+          )
+          .await;
         }
         Ok(())
       });
@@ -146,18 +196,39 @@ pub fn watch(workers: Vec<WorkerConfig>, config_file: Option<PathBuf>) -> anyhow
 }
 
 async fn reload_changed(
-  workers: &[WorkerConfig],
+  workers: &mut Vec<WorkerConfig>,
   config_file: Option<&Path>,
+  load_config: Option<&ConfigLoader>,
   changed: &[PathBuf],
   ctx: &WorkerContext,
 ) {
-  if config_file.is_some_and(|file| changed.iter().any(|p| p == file)) {
-    tracing::warn!(
-      "dev: {} changed: restart `runtime dev` to apply a config change (its workers' code reloads on its own)",
-      config_file.unwrap_or(Path::new("")).display()
-    );
+  if let (Some(file), Some(load)) = (config_file, load_config) {
+    // A wrangler project's secrets for development live beside it
+    // (`.dev.vars`, or `.dev.vars.<env>`).
+    let is_dev_vars = |p: &Path| {
+      p.parent() == file.parent()
+        && p
+          .file_name()
+          .and_then(|n| n.to_str())
+          .is_some_and(|n| n == ".dev.vars" || n.starts_with(".dev.vars."))
+    };
+    if changed.iter().any(|p| p == file || is_dev_vars(p)) {
+      match reload_config(workers, load, ctx).await {
+        Ok(()) => tracing::info!(
+          "dev: {} reloaded ({} workers)",
+          file.display(),
+          workers.len()
+        ),
+        Err(error) => tracing::error!(
+          "dev: {}: {error:#}; the previous configuration keeps serving",
+          file.display()
+        ),
+      }
+      // Every worker was loaded from the disk as it is now.
+      return;
+    }
   }
-  for worker in workers {
+  for worker in workers.iter() {
     let Some(dev) = &worker.dev else { continue };
     let affected = dev
       .files()
@@ -168,7 +239,7 @@ async fn reload_changed(
     match load_version(worker, ctx).await {
       Ok(files) => {
         let modules = files.len();
-        dev.publish(files);
+        dev.publish(files, None);
         tracing::info!(worker = %worker.name, "dev: reloaded ({modules} modules)");
       }
       Err(error) => tracing::error!(
@@ -177,4 +248,64 @@ async fn reload_changed(
       ),
     }
   }
+}
+
+/// Loads the config file again, and each of its workers in a scratch
+/// isolate; if all of them load, each becomes the serving version of the
+/// worker of its name, and `workers` the current configs.
+async fn reload_config(
+  workers: &mut Vec<WorkerConfig>,
+  load: &ConfigLoader,
+  ctx: &WorkerContext,
+) -> anyhow::Result<()> {
+  let mut next = load()?.workers;
+  let names = |list: &[WorkerConfig]| list.iter().map(|w| w.name.clone()).collect::<Vec<_>>();
+  if names(&next) != names(workers) {
+    anyhow::bail!(
+      "its workers are now {:?} (were {:?}): restart `runtime dev` to add, remove or rename workers",
+      names(&next),
+      names(workers)
+    );
+  }
+  for (new, old) in next.iter_mut().zip(workers.iter()) {
+    // What stays for the life of the process (see the module's comment).
+    new.dev = old.dev.clone();
+    new.inspector = old.inspector.clone();
+    new.cache = old.cache.clone();
+    new.quotas = old.quotas.clone();
+    if new.inspector.is_some() {
+      new.limits.cpu_ms = old.limits.cpu_ms;
+      new.limits.startup_ms = old.limits.startup_ms;
+      new.limits.scheduled_cpu_ms = old.limits.scheduled_cpu_ms;
+    }
+    let shown = |w: &WorkerConfig| {
+      (
+        format!("{:?}", w.routes),
+        w.crons
+          .iter()
+          .map(|c| c.expression.clone())
+          .collect::<Vec<_>>(),
+      )
+    };
+    if shown(new) != shown(old) {
+      tracing::warn!(
+        worker = %new.name,
+        "dev: its routes or cron triggers changed: they apply when `runtime dev` restarts"
+      );
+    }
+  }
+  let mut versions = Vec::with_capacity(next.len());
+  for worker in &next {
+    let files = load_version(worker, ctx)
+      .await
+      .with_context(|| format!("worker {:?} failed to load", worker.name))?;
+    versions.push(files);
+  }
+  for (worker, files) in next.iter().zip(versions) {
+    if let Some(dev) = &worker.dev {
+      dev.publish(files, Some(worker.clone()));
+    }
+  }
+  *workers = next;
+  Ok(())
 }

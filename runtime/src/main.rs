@@ -193,17 +193,32 @@ fn serve_command(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     runtime_ext::outbound::OutboundPolicy::parse(&args.outbound)
       .map_err(|e| anyhow::anyhow!("--outbound: {e}"))?
   };
-  let config = match (&config_file, &args.script) {
-    (Some(path), _) if runtime::wrangler::is_wrangler_file(path) => runtime::wrangler::load(
-      path,
-      &runtime::wrangler::ProjectOptions {
-        env: args.env.as_deref(),
-        state_dir: &args.state_dir,
-        outbound: outbound.clone(),
-        coarse_time: args.coarse_time,
-      },
-    )?,
-    (Some(path), _) => EngineConfig::load(path, |key| std::env::var(key).ok())?,
+  // How the config file loads, now and (under `runtime dev`) on each change.
+  let load_config: Option<runtime::dev::ConfigLoader> = config_file.clone().map(|path| {
+    let (env, state_dir, outbound, coarse_time) = (
+      args.env.clone(),
+      args.state_dir.clone(),
+      outbound.clone(),
+      args.coarse_time,
+    );
+    Box::new(move || {
+      if runtime::wrangler::is_wrangler_file(&path) {
+        runtime::wrangler::load(
+          &path,
+          &runtime::wrangler::ProjectOptions {
+            env: env.as_deref(),
+            state_dir: &state_dir,
+            outbound: outbound.clone(),
+            coarse_time,
+          },
+        )
+      } else {
+        EngineConfig::load(&path, |key| std::env::var(key).ok())
+      }
+    }) as runtime::dev::ConfigLoader
+  });
+  let config = match (&load_config, &args.script) {
+    (Some(load), _) => load()?,
     (None, Some(script)) => {
       runtime::config::check_against_cage("--memory-limit", args.memory_limit)?;
       let mut config = EngineConfig::single(
@@ -254,7 +269,10 @@ fn serve_command(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     test_scheduled: args.test_scheduled,
     admin: args.admin,
     access_log: args.access_log,
-    dev: dev.then_some(runtime::server::DevOptions { config_file }),
+    dev: dev.then_some(runtime::server::DevOptions {
+      config_file,
+      load_config,
+    }),
     inspect: match (args.inspect, args.inspect_brk) {
       (_, Some(addr)) => Some(InspectOptions {
         addr,

@@ -95,7 +95,15 @@ impl IsolatePool {
     requests: mpsc::UnboundedReceiver<IncomingRequest>,
   ) {
     let running = RunningGuard::new(self.running.clone());
-    let config = self.workers[index].clone();
+    // Under `runtime dev`, the config as last reloaded.
+    let config = match self.workers[index]
+      .dev
+      .as_ref()
+      .and_then(|dev| dev.config())
+    {
+      Some(reloaded) => (*reloaded).clone(),
+      None => self.workers[index].clone(),
+    };
     let ctx = self.ctx.clone();
     tokio::task::spawn_local(async move {
       let _running = running;

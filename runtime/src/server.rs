@@ -101,6 +101,8 @@ const INSPECTED_CPU_MS: u64 = 24 * 3600 * 1000;
 pub struct DevOptions {
   /// The config file it was started with, if any.
   pub config_file: Option<std::path::PathBuf>,
+  /// Loads that file again when it changes.
+  pub load_config: Option<crate::dev::ConfigLoader>,
 }
 
 /// Checks every worker before serving: its script loads, evaluates and has a
@@ -221,7 +223,11 @@ pub fn serve(mut options: ServeOptions) -> anyhow::Result<()> {
     }
   }
   if let Some(dev) = options.dev.take() {
-    crate::dev::watch(options.config.workers.clone(), dev.config_file)?;
+    crate::dev::watch(
+      options.config.workers.clone(),
+      dev.config_file,
+      dev.load_config,
+    )?;
   }
   metrics.set_ready(true);
   println!("Listening on http://{local}/");
@@ -454,7 +460,17 @@ async fn serve_thread(
         let header_timeout = limits.header_read_timeout;
         let watcher = connections.watcher();
         tokio::task::spawn_local(async move {
-          let result = match tokio::time::timeout(header_timeout, is_http2(&stream)).await {
+          // A connection that has sent nothing yet is dropped when shutdown
+          // begins (it is no hyper connection yet, to be shut down
+          // gracefully, and would hold the drain for the header timeout).
+          let detected = tokio::select! {
+            detected = tokio::time::timeout(header_timeout, is_http2(&stream)) => detected,
+            () = watcher.draining() => {
+              tracing::debug!(%peer, "dropped at shutdown: no request yet");
+              return;
+            }
+          };
+          let result = match detected {
             Ok(Ok(false)) => {
               let connection = http1
                 .serve_connection(TokioIo::new(stream), service)

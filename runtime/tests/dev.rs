@@ -98,3 +98,148 @@ async fn an_edit_is_served_without_a_restart_and_a_broken_one_keeps_the_last_goo
   })
   .await;
 }
+
+fn write_config(dir: &Path, name: &str, vars: &str, extra: &str) {
+  std::fs::write(
+    dir.join("runtime.toml"),
+    format!("[[workers]]\nname = \"{name}\"\nmain = \"config.js\"\nvars = {{ {vars} }}\n{extra}"),
+  )
+  .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_edit_reloads_the_workers_and_a_broken_one_keeps_the_last_good_config() {
+  within(90, async {
+    let dir = scratch_dir("dev-config");
+    std::fs::copy(fixture("dev/config.js"), dir.join("config.js")).unwrap();
+    write_config(&dir, "site", "GREETING = \"hi\"", "");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_runtime"));
+    cmd
+      .args([
+        "dev",
+        "--port",
+        "0",
+        "--host",
+        "127.0.0.1",
+        "--threads",
+        "2",
+        "--config",
+      ])
+      .arg(dir.join("runtime.toml"))
+      .env_remove("RUST_LOG");
+    let mut srv = serve(cmd);
+    srv.wait_for_stderr("dev: watching", 10).await;
+    let c = client();
+    let url = srv.url("/");
+    assert_eq!(get_text(&c, &url).await, (200, "hi (undefined)".into()));
+
+    // New vars and a new KV binding: served on every thread, on the same socket.
+    write_config(
+      &dir,
+      "site",
+      "GREETING = \"hello\"",
+      "kv = { KV = \"notes\" }\n[kv.notes]\nstore = \"sqlite:notes.sqlite\"\n",
+    );
+    until_served(&c, &url, "hello (object)").await;
+    for _ in 0..10 {
+      assert_eq!(get_text(&c, &url).await, (200, "hello (object)".into()));
+    }
+    srv
+      .wait_for_stderr("runtime.toml reloaded (1 workers)", 10)
+      .await;
+
+    // A config that does not parse: reported, and the last good one keeps serving.
+    std::fs::write(dir.join("runtime.toml"), "[[workers]\nname = ").unwrap();
+    srv
+      .wait_for_stderr("the previous configuration keeps serving", 10)
+      .await;
+    assert_eq!(get_text(&c, &url).await, (200, "hello (object)".into()));
+
+    // A worker that no longer loads (its main is missing): the same.
+    let len = srv.stderr_len();
+    std::fs::write(
+      dir.join("runtime.toml"),
+      "[[workers]]\nname = \"site\"\nmain = \"missing.js\"\n",
+    )
+    .unwrap();
+    let report = srv
+      .wait_for_stderr_growth(len, 10, "the missing main reported")
+      .await;
+    srv
+      .wait_for_stderr("the previous configuration keeps serving", 10)
+      .await;
+    assert!(
+      srv.stderr()[len..].contains("missing.js"),
+      "the report names the file: {report}"
+    );
+    assert_eq!(get_text(&c, &url).await, (200, "hello (object)".into()));
+
+    // Renaming the worker needs a restart: said so, and nothing changes.
+    let len = srv.stderr_len();
+    write_config(&dir, "renamed", "GREETING = \"renamed\"", "");
+    srv
+      .wait_for_stderr_growth(len, 10, "the rename reported")
+      .await;
+    srv
+      .wait_for_stderr("restart `runtime dev` to add, remove or rename workers", 10)
+      .await;
+    assert_eq!(get_text(&c, &url).await, (200, "hello (object)".into()));
+
+    // Fixed, saved as some editors save (a new file renamed over the old one): served.
+    write_config(&dir, "site", "GREETING = \"fixed\"", "");
+    std::fs::rename(dir.join("runtime.toml"), dir.join("saved.tmp")).unwrap();
+    std::fs::rename(dir.join("saved.tmp"), dir.join("runtime.toml")).unwrap();
+    until_served(&c, &url, "fixed (undefined)").await;
+    // ... and so are edits after that.
+    write_config(&dir, "site", "GREETING = \"again\"", "");
+    until_served(&c, &url, "again (undefined)").await;
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrangler_project_reloads_on_an_edit_of_its_vars_or_dev_vars() {
+  within(60, async {
+    let dir = scratch_dir("dev-wrangler");
+    std::fs::copy(fixture("dev/config.js"), dir.join("config.js")).unwrap();
+    let project = |greeting: &str| {
+      std::fs::write(
+        dir.join("wrangler.toml"),
+        format!("name = \"site\"\nmain = \"config.js\"\n[vars]\nGREETING = \"{greeting}\"\n"),
+      )
+      .unwrap()
+    };
+    project("from vars");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_runtime"));
+    cmd
+      .args([
+        "dev",
+        "--port",
+        "0",
+        "--host",
+        "127.0.0.1",
+        "--threads",
+        "1",
+      ])
+      .arg("--state-dir")
+      .arg(dir.join("state"))
+      .current_dir(&dir)
+      .env_remove("RUST_LOG");
+    let mut srv = serve(cmd);
+    srv.wait_for_stderr("dev: watching", 10).await;
+    let c = client();
+    let url = srv.url("/");
+    assert_eq!(
+      get_text(&c, &url).await,
+      (200, "from vars (undefined)".into())
+    );
+    project("edited");
+    until_served(&c, &url, "edited (undefined)").await;
+    // A local secret of the same name overrides the var, as in `wrangler dev`.
+    std::fs::write(dir.join(".dev.vars"), "GREETING=\"from dev vars\"\n").unwrap();
+    until_served(&c, &url, "from dev vars (undefined)").await;
+    srv.stop_cleanly().await;
+  })
+  .await;
+}

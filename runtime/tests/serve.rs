@@ -1566,6 +1566,33 @@ async fn sigterm_stops_accepting_new_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drops_connections_that_have_sent_nothing_at_once() {
+  within(60, async {
+    // A client that connected and sent nothing (a browser's preconnect, a
+    // pool's spare) is no request in flight: shutdown must not wait out the
+    // 30 s header timeout for it.
+    let mut cmd = serve_script_cmd(&example("hello.js"));
+    cmd.args(["--header-timeout", "30"]);
+    let mut srv = serve(cmd);
+    let mut silent = RawConn::connect(srv.port).await;
+    // Served meanwhile, on another connection: the silent one is accepted.
+    let c = client();
+    assert_eq!(get_text(&c, &srv.url("/")).await.0, 200);
+    drop(c);
+    srv.signal("TERM");
+    let rest = deadline(
+      10,
+      "the server dropping the silent connection",
+      silent.read_to_end(),
+    )
+    .await;
+    assert!(rest.is_empty(), "{rest:?}");
+    srv.assert_clean_exit(10, "SIGTERM").await;
+  })
+  .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_idle_keep_alive_connections_at_once() {
   within(60, async {
     let mut srv = serve_script(&example("hello.js"));
