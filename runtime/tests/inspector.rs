@@ -223,10 +223,30 @@ async fn a_breakpoint_is_hit_by_a_request_evaluated_on_and_resumed() {
 }
 
 #[tokio::test]
-async fn a_heap_snapshot_streams_over_the_session() {
+async fn a_cpu_profile_and_a_heap_snapshot_are_taken_over_the_session() {
   let server = inspect_fixture("--inspect");
   let ws = only_target(&server).await;
   let mut cdp = Cdp::connect(&ws).await;
+  cdp.call("Profiler.enable", json!({})).await;
+  // Sampled every 100 µs over a few ms of handler time: the handler is in many samples.
+  cdp
+    .call("Profiler.setSamplingInterval", json!({ "interval": 100 }))
+    .await;
+  cdp.call("Profiler.start", json!({})).await;
+  let c = client();
+  for _ in 0..300 {
+    assert_eq!(get_text(&c, &server.url("/")).await.0, 200);
+  }
+  let profile = cdp.call("Profiler.stop", json!({})).await;
+  let nodes = profile["profile"]["nodes"].as_array().unwrap();
+  assert!(
+    nodes
+      .iter()
+      .any(|n| n["callFrame"]["functionName"] == "fetch"
+        && n["callFrame"]["url"] == file_url(&fixture("inspector/worker.js")).as_str()),
+    "the worker's fetch handler is in the profile"
+  );
+
   cdp.call("HeapProfiler.enable", json!({})).await;
   let id = cdp.next_id;
   cdp.next_id += 1;
@@ -389,4 +409,68 @@ async fn a_debugger_reattaches_to_the_worker_after_a_dev_reload() {
     )
     .await;
   assert!(source["scriptSource"].as_str().unwrap().contains("`howdy "));
+}
+
+/// chrome-remote-interface (npm), installed once into target/inspector-tools beside a copy of
+/// the fixture's client script; returns that script.
+fn cdp_client_script() -> std::path::PathBuf {
+  static TOOLS: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+  TOOLS
+    .get_or_init(|| {
+      let dir = repo_root().join("target/inspector-tools");
+      if !dir.join("node_modules/chrome-remote-interface").exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let installed = std::process::Command::new("npm")
+          .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+          .arg(&dir)
+          .arg("chrome-remote-interface@0.34.0")
+          .status()
+          .expect("npm (Node.js) runs the CDP client");
+        assert!(
+          installed.success(),
+          "npm install chrome-remote-interface failed"
+        );
+      }
+      let script = dir.join("cdp-client.mjs");
+      std::fs::copy(fixture("inspector/cdp-client.mjs"), &script).unwrap();
+      script
+    })
+    .clone()
+}
+
+#[tokio::test]
+async fn chrome_remote_interface_debugs_a_worker() {
+  let script = cdp_client_script();
+  let server = inspect_fixture("--inspect");
+  let inspector = server.inspector_url().await;
+  let port = inspector.rsplit(':').next().unwrap().to_string();
+  let output = deadline(
+    60,
+    "the CDP client",
+    tokio::process::Command::new("node")
+      .arg(&script)
+      .arg(&port)
+      .arg(server.url("/from-node"))
+      .arg(file_url(&fixture("inspector/worker.js")))
+      .output(),
+  )
+  .await
+  .expect("node runs");
+  assert!(
+    output.status.success(),
+    "the client failed: {}",
+    String::from_utf8_lossy(&output.stderr)
+  );
+  let seen: Value = serde_json::from_slice(&output.stdout).expect("one JSON line");
+  assert_eq!(
+    seen,
+    json!({
+      "targets": ["worker.js"],
+      "protocol": "1.3",
+      "hit": true,
+      "line": GREETING_LINE,
+      "value": 10,
+      "body": "hello 1",
+    })
+  );
 }
