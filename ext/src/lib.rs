@@ -15,6 +15,7 @@ pub mod outbound;
 pub mod quota;
 pub mod url;
 pub mod websocket;
+pub mod websocket_queue;
 
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};

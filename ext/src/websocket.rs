@@ -33,7 +33,7 @@ use deno_core::{op2, v8, AsyncRefCell, OpState, RcRef, Resource, ResourceId};
 use deno_error::JsErrorBox;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -45,6 +45,7 @@ use crate::console::ScriptName;
 use crate::http::{answer_response, build_response, HandlerOutcome, ResponseBody};
 use crate::outbound::OutboundPolicy;
 use crate::quota::{acquire_in, Quota, QuotaPermit};
+use crate::websocket_queue as queue;
 
 /// A worker's WebSocket limits (`limits.websocket_*` of its config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,11 +74,13 @@ impl WebSocketLimits {
   /// The protocol's configuration: small read buffers, the message limit on
   /// frames and messages. tungstenite zero-fills its whole read buffer on
   /// the first read and keeps it, so its size is resident for every socket
-  /// that ever received a message: 4 KiB (one page) per read keeps an idle
-  /// socket small, at the cost of more reads for big messages.
+  /// that ever received a message: 2 KiB per read keeps an idle socket
+  /// small (10,000 idle sockets in under 100 MiB), at the cost of more reads
+  /// for big messages (a buffer grows to a message's size; each read takes
+  /// at most this much).
   pub fn protocol_config(&self) -> WebSocketConfig {
     WebSocketConfig::default()
-      .read_buffer_size(4 * 1024)
+      .read_buffer_size(2 * 1024)
       .write_buffer_size(16 * 1024)
       .max_message_size(Some(self.max_message_bytes))
       .max_frame_size(Some(self.max_message_bytes))
@@ -125,8 +128,8 @@ struct SocketShared {
 
 /// The pump's end of a socket.
 pub struct PeerLink {
-  from_js: mpsc::UnboundedReceiver<ToPeer>,
-  to_js: mpsc::Sender<FromPeer>,
+  from_js: queue::Receiver<ToPeer>,
+  to_js: queue::Sender<FromPeer>,
   shared: Arc<SocketShared>,
   pub limits: WebSocketLimits,
   /// For log lines.
@@ -154,7 +157,7 @@ impl WebSocketUpgrade {
 #[derive(Default)]
 pub struct WebSockets {
   next: Cell<u64>,
-  open: RefCell<HashMap<u64, mpsc::UnboundedSender<ToPeer>>>,
+  open: RefCell<HashMap<u64, queue::Sender<ToPeer>>>,
 }
 
 impl WebSockets {
@@ -166,12 +169,12 @@ impl WebSockets {
   pub fn close_all(&self, code: u16, reason: &str) -> usize {
     let open = self.open.borrow();
     for socket in open.values() {
-      let _ = socket.send(ToPeer::Close(Some(code), reason.to_string()));
+      let _ = socket.push(ToPeer::Close(Some(code), reason.to_string()));
     }
     open.len()
   }
 
-  fn insert(&self, socket: mpsc::UnboundedSender<ToPeer>) -> u64 {
+  fn insert(&self, socket: queue::Sender<ToPeer>) -> u64 {
     let key = self.next.get() + 1;
     self.next.set(key);
     self.open.borrow_mut().insert(key, socket);
@@ -190,8 +193,8 @@ fn registry(state: &mut OpState) -> Rc<WebSockets> {
 
 /// The isolate's end of a socket.
 pub struct WebSocketResource {
-  to_peer: mpsc::UnboundedSender<ToPeer>,
-  from_peer: AsyncRefCell<mpsc::Receiver<FromPeer>>,
+  to_peer: queue::Sender<ToPeer>,
+  from_peer: AsyncRefCell<queue::Receiver<FromPeer>>,
   shared: Arc<SocketShared>,
   max_buffered: usize,
   /// The event `op_ws_next_event` last returned, read by `op_ws_event_*`.
@@ -232,8 +235,8 @@ fn new_socket(
   let worker = state
     .try_borrow::<ScriptName>()
     .map_or_else(|| "?".to_string(), |name| name.0.clone());
-  let (to_peer, from_js) = mpsc::unbounded_channel();
-  let (to_js, from_peer) = mpsc::channel(FROM_PEER_MESSAGES);
+  let (to_peer, from_js) = queue::unbounded();
+  let (to_js, from_peer) = queue::bounded(FROM_PEER_MESSAGES);
   let shared = Arc::new(SocketShared {
     buffered: AtomicUsize::new(0),
     abort: Notify::new(),
@@ -311,7 +314,7 @@ fn queue(
     }
     socket.shared.abort.notify_one();
   } else {
-    let _ = socket.to_peer.send(ToPeer::Message(message));
+    let _ = socket.to_peer.push(ToPeer::Message(message));
   }
   Ok(buffered as f64)
 }
@@ -359,7 +362,7 @@ pub fn op_ws_close(
 ) {
   if let Ok(socket) = socket(state, rid) {
     let code = u16::try_from(code).ok().filter(|&c| c != 0);
-    let _ = socket.to_peer.send(ToPeer::Close(code, reason));
+    let _ = socket.to_peer.push(ToPeer::Close(code, reason));
   }
 }
 
@@ -660,7 +663,7 @@ where
     _permit,
   } = link;
   let (mut sink, mut stream) = ws.split();
-  let (control, mut controls) = mpsc::unbounded_channel::<Control>();
+  let (control, mut controls) = queue::unbounded::<Control>();
   let activity = Cell::new(Instant::now());
   // When our close frame went out, or the reader asked for it (the reply
   // is awaited until a deadline).
@@ -703,7 +706,7 @@ where
           }
           if activity.get() + limits.idle_timeout <= Instant::now() {
             tracing::info!(worker = %worker, "WebSocket idle for {} s: closing (1001)", limits.idle_timeout.as_secs());
-            let _ = control.send(Control::Close(1001, "idle timeout"));
+            let _ = control.push(Control::Close(1001, "idle timeout"));
             close_asked.set(Some(Instant::now()));
           }
           continue;
@@ -718,7 +721,7 @@ where
           tell_js(FromPeer::Binary(bytes)).await;
         }
         Some(Ok(Message::Ping(_))) => {
-          let _ = control.send(Control::Flush);
+          let _ = control.push(Control::Flush);
         }
         Some(Ok(Message::Close(frame))) => {
           let (code, reason) = frame.map_or((1005, String::new()), |f| {
@@ -746,7 +749,7 @@ where
             })
             .await;
           }
-          let _ = control.send(Control::Close(1009, "Message too big"));
+          let _ = control.push(Control::Close(1009, "Message too big"));
           close_asked.set(Some(Instant::now()));
         }
         Some(Err(WsError::ConnectionClosed)) | None => {
@@ -774,7 +777,7 @@ where
         }
       }
     }
-    let _ = control.send(Control::Finish);
+    let _ = control.push(Control::Finish);
   };
 
   let writer = async {
@@ -815,7 +818,7 @@ where
             // What else JavaScript queued goes out in the same flush; a
             // close among it ends the batch and follows the messages.
             let mut close = None;
-            while let Ok(next) = from_js.try_recv() {
+            while let Some(next) = from_js.try_recv() {
               match next {
                 ToPeer::Message(more) => {
                   len += more.len();

@@ -86,6 +86,15 @@ async fn echo_text_binary_fragments_pings_and_a_client_close() {
     Message::binary(vec![0u8, 1, 2, 255])
   );
 
+  // Messages much larger than a read (2 KiB), just under the 1 MiB limit, arrive whole and
+  // in order.
+  let big: Vec<u8> = (0..(1 << 20) - 64).map(|i| (i % 251) as u8).collect();
+  let text = "x".repeat(300_000) + "✓";
+  socket.send(Message::binary(big.clone())).await.unwrap();
+  socket.send(Message::text(text.clone())).await.unwrap();
+  assert_eq!(next(&mut socket).await, Message::binary(big));
+  assert_eq!(next(&mut socket).await, Message::text(text));
+
   // A message in three frames arrives whole.
   for (part, opcode, fin) in [
     ("frag", OpCode::Data(Data::Text), false),
