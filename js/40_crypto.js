@@ -8,6 +8,8 @@
 // - deriveBits: a length that is not a multiple of 8 leaves the unused bits
 //   of the last byte zero.
 // - exportKey: Ed25519 JWKs carry `alg: "Ed25519"`.
+// - digest: cSHAKE128 and cSHAKE256 (WICG's modern algorithms for WebCrypto,
+//   `CShakeParams`), which deno_crypto lacks, done by op_runtime_cshake.
 // - importKey: the JWK checks deno_crypto skips (EC: `crv` and the lengths of
 //   the coordinates; OKP: `x` present and matching `d`, Ed25519's `alg`),
 //   made once deno_crypto accepted the key: they all throw DataError, which
@@ -43,7 +45,7 @@ const {
   TypedArrayPrototypeSlice,
   Uint8Array,
 } = primordials;
-const { op_runtime_aes_gcm } = core.ops;
+const { op_runtime_aes_gcm, op_runtime_cshake } = core.ops;
 const { webidl } = web;
 const { Crypto, CryptoKey, SubtleCrypto } = web.crypto;
 const { DOMException } = web.domException;
@@ -271,6 +273,70 @@ for (const op of ["encrypt", "decrypt"]) {
     },
   }[op]);
 }
+
+// --- digest: cSHAKE ------------------------------------------------------------
+
+// The cSHAKE variant (128 or 256) an algorithm names, else 0: that
+// algorithm is left to deno_crypto as it is.
+function cshakeVariant(algorithm, prefix) {
+  let name = algorithm;
+  if (webidl.type(algorithm) === "Object") {
+    if (algorithm.name === undefined) return 0;
+    name = algorithm.name;
+  } else if (typeof algorithm !== "string") {
+    return 0;
+  }
+  switch (asciiUpper(webidl.converters.DOMString(name, prefix, "name"))) {
+    case "CSHAKE128":
+      return 128;
+    case "CSHAKE256":
+      return 256;
+    default:
+      return 0;
+  }
+}
+
+const originalDigest = SubtleCryptoPrototype.digest;
+replaceMethod("digest", {
+  async digest(algorithm, data) {
+    const prefix = "Failed to execute 'digest' on 'SubtleCrypto'";
+    webidl.assertBranded(this, SubtleCryptoPrototype);
+    webidl.requiredArguments(arguments.length, 2, prefix);
+    const variant = cshakeVariant(algorithm, prefix);
+    if (variant === 0) {
+      return FunctionPrototypeCall(originalDigest, this, algorithm, data);
+    }
+    data = webidl.converters.BufferSource(data, prefix, "Argument 2");
+    // `CShakeParams`, its members in lexicographic order: customization,
+    // functionName, length (required; in bits).
+    const params = webidl.type(algorithm) === "Object" ? algorithm : {};
+    const optionalBytes = (value, member) =>
+      value === undefined
+        ? new Uint8Array(0)
+        : copyBytes(webidl.converters.BufferSource(value, prefix, member));
+    const customization = optionalBytes(params.customization, "customization");
+    const functionName = optionalBytes(params.functionName, "functionName");
+    if (params.length === undefined) {
+      throw new TypeError(`${prefix}: 'length' is required in 'CShakeParams'`);
+    }
+    const length = webidl.converters["unsigned long"](
+      params.length,
+      prefix,
+      "length",
+    );
+    if (length % 8 !== 0) {
+      throw operationError("The length must be a multiple of 8 bits");
+    }
+    const out = op_runtime_cshake(
+      variant,
+      length / 8,
+      functionName,
+      customization,
+      copyBytes(data),
+    );
+    return TypedArrayPrototypeGetBuffer(out);
+  },
+}.digest);
 
 // --- deriveBits: unused bits are zero ---------------------------------------
 

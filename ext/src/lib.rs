@@ -40,6 +40,7 @@ deno_core::extension!(
     cache::op_caches_delete,
     cache::op_caches_keys,
     crypto::op_runtime_aes_gcm,
+    crypto::op_runtime_cshake,
     http::op_respond,
     http::op_respond_stream,
     http::op_respond_error,
