@@ -8,6 +8,7 @@ import "ext:runtime/03_date.js";
 // Fixes to deno_web's classes, made before anything uses them.
 import "ext:runtime/05_url.js";
 import "ext:runtime/06_urlpattern.js";
+import "ext:runtime/08_streams.js";
 import {
   dispatchFetch,
   setHandler,

@@ -83,6 +83,7 @@ deno_core::extension!(
     "03_date.js",
     "05_url.js",
     "06_urlpattern.js",
+    "08_streams.js",
     "10_headers.js",
     "11_body.js",
     "12_formdata.js",

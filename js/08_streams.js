@@ -1,0 +1,38 @@
+// ReadableStream on top of deno_web's: what its (pinned) implementation
+// gets wrong.
+//
+// - ReadableStream.from(string): a string is iterable (by code points), so
+//   from() accepts it, as Deno and workerd do; deno_web's async-sequence
+//   conversion refuses every primitive. The string goes to it as a String
+//   object, which iterates the same.
+import { primordials } from "ext:core/mod.js";
+import * as web from "ext:runtime/00_web.js";
+
+const { FunctionPrototypeCall, ObjectDefineProperty, String } = primordials;
+const { ReadableStream } = web.streams;
+
+const originalFrom = ReadableStream.from;
+const from = {
+  from(asyncIterable) {
+    // No argument: deno_web's TypeError.
+    if (arguments.length === 0) return FunctionPrototypeCall(originalFrom, this);
+    if (typeof asyncIterable === "string") {
+      // deno-lint-ignore no-new-wrappers
+      asyncIterable = new String(asyncIterable);
+    }
+    return FunctionPrototypeCall(originalFrom, this, asyncIterable);
+  },
+}.from;
+ObjectDefineProperty(from, "length", {
+  __proto__: null,
+  value: originalFrom.length,
+  configurable: true,
+});
+// An IDL operation: writable, enumerable, configurable, as the original.
+ObjectDefineProperty(ReadableStream, "from", {
+  __proto__: null,
+  value: from,
+  writable: true,
+  enumerable: true,
+  configurable: true,
+});
