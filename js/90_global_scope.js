@@ -24,10 +24,7 @@ import { WebSocket, WebSocketPair } from "ext:runtime/58_websocket.js";
 import { HTMLRewriter } from "ext:runtime/60_html_rewriter.js";
 
 const {
-  ArrayBuffer,
   ArrayPrototypeIndexOf,
-  ArrayPrototypePush,
-  FunctionPrototypeCall,
   ObjectDefineProperties,
   ObjectDefineProperty,
   ObjectFreeze,
@@ -233,11 +230,11 @@ const getter = (get) => ({
   configurable: true,
 });
 
-// structuredClone, with what deno_web's lacks: the ArrayBuffers of the
-// transfer list are detached once cloned (deno_web copies them and leaves
-// them usable), and anything in it that cannot be transferred is a
-// DataCloneError (not a TypeError from deep inside).
-const arrayBufferTransfer = ArrayBuffer.prototype.transfer;
+// structuredClone, with what deno_web's lacks: anything in the transfer
+// list that cannot be transferred, or is there twice, is a DataCloneError
+// (not a TypeError from deep inside). Its ArrayBuffers are moved and
+// detached by deno_core's serializer, through the isolate's
+// shared_array_buffer_store (see worker.rs).
 function structuredClone(value, options = undefined) {
   const prefix = "Failed to execute 'structuredClone'";
   webidl.requiredArguments(arguments.length, 1, prefix);
@@ -249,7 +246,6 @@ function structuredClone(value, options = undefined) {
     prefix,
     "Argument 2",
   );
-  const buffers = [];
   for (let i = 0; i < transfer.length; i++) {
     const item = transfer[i];
     if (ArrayPrototypeIndexOf(transfer, item) !== i) {
@@ -258,10 +254,7 @@ function structuredClone(value, options = undefined) {
         "DataCloneError",
       );
     }
-    if (core.isArrayBuffer(item)) {
-      ArrayPrototypePush(buffers, item);
-      continue;
-    }
+    if (core.isArrayBuffer(item)) continue;
     const type = item[core.hostObjectBrand];
     if (
       type === undefined || core.getTransferableResource(type) === undefined
@@ -269,11 +262,7 @@ function structuredClone(value, options = undefined) {
       throw new DOMException("Value not transferable", "DataCloneError");
     }
   }
-  const clone = web.messagePort.structuredClone(value, { transfer });
-  for (let i = 0; i < buffers.length; i++) {
-    FunctionPrototypeCall(arrayBufferTransfer, buffers[i]);
-  }
-  return clone;
+  return web.messagePort.structuredClone(value, { transfer });
 }
 
 // Fetch's interfaces are not serializable: deno_web's structuredClone

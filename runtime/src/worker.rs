@@ -1140,6 +1140,11 @@ fn runtime_options(
     skip_op_registration: true,
     extensions: runtime_ext::extensions(),
     create_params,
+    // Where an ArrayBuffer of a transfer list (postMessage, structuredClone)
+    // waits for its receiver: without one deno_core neither moves nor
+    // detaches it, and deno_web's postMessage fails on it. The isolate's
+    // own, dropped with it.
+    shared_array_buffer_store: Some(Default::default()),
     ..Default::default()
   };
   (options, budget)
