@@ -84,6 +84,14 @@ async fn a_failing_scheduled_run_is_a_500_with_its_stack_logged() {
     let (status, body) = get_text(&c, &srv.url("/__scheduled?cron=fail")).await;
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("cron handler failed on purpose"), "{body}");
+    // The log line may reach the pipe after the response does.
+    srv
+      .wait_for_log_lines(
+        &["scheduled run failed", "cron handler failed on purpose"],
+        1,
+        10,
+      )
+      .await;
     let lines = srv.log_lines_with(&["scheduled run failed", "cron handler failed on purpose"]);
     assert_eq!(lines.len(), 1, "{}", srv.stderr());
     assert!(
