@@ -8,6 +8,8 @@
 // - deriveBits: a length that is not a multiple of 8 leaves the unused bits
 //   of the last byte zero.
 // - exportKey: Ed25519 JWKs carry `alg: "Ed25519"`.
+// - sign/verify: ECDSA on P-384 with SHA-1 (deno_crypto refuses a digest
+//   shorter than half the field), done by op_runtime_ecdsa_p384_sha1.
 // - digest: cSHAKE128 and cSHAKE256 (WICG's modern algorithms for WebCrypto,
 //   `CShakeParams`), which deno_crypto lacks, done by op_runtime_cshake.
 // - importKey: the JWK checks deno_crypto skips (EC: `crv` and the lengths of
@@ -45,7 +47,8 @@ const {
   TypedArrayPrototypeSlice,
   Uint8Array,
 } = primordials;
-const { op_runtime_aes_gcm, op_runtime_cshake } = core.ops;
+const { op_runtime_aes_gcm, op_runtime_cshake, op_runtime_ecdsa_p384_sha1 } =
+  core.ops;
 const { webidl } = web;
 const { Crypto, CryptoKey, SubtleCrypto } = web.crypto;
 const { DOMException } = web.domException;
@@ -337,6 +340,77 @@ replaceMethod("digest", {
     return TypedArrayPrototypeGetBuffer(out);
   },
 }.digest);
+
+// --- sign / verify: ECDSA P-384 with SHA-1 ----------------------------------
+
+// Whether `algorithm` is ECDSA with SHA-1 and `key` an ECDSA P-384 key of
+// `type` that may be used for `op`: the one case deno_crypto gets wrong.
+// Anything else (errors included) is left to deno_crypto.
+function isEcdsaP384Sha1(algorithm, key, op, type, prefix) {
+  if (webidl.type(algorithm) !== "Object" || algorithm.name === undefined) {
+    return false;
+  }
+  const name = webidl.converters.DOMString(algorithm.name, prefix, "name");
+  if (asciiUpper(name) !== "ECDSA") return false;
+  let hash = algorithm.hash;
+  if (webidl.type(hash) === "Object") hash = hash.name;
+  if (typeof hash !== "string" || asciiUpper(hash) !== "SHA-1") return false;
+  let keyAlgorithm;
+  try {
+    keyAlgorithm = FunctionPrototypeCall(getKeyAlgorithm, key);
+  } catch {
+    return false;
+  }
+  return keyAlgorithm.name === "ECDSA" && keyAlgorithm.namedCurve === "P-384" &&
+    FunctionPrototypeCall(getKeyType, key) === type &&
+    ArrayPrototypeIncludes(FunctionPrototypeCall(getKeyUsages, key), op);
+}
+
+const EMPTY = new Uint8Array(0);
+const originalSign = SubtleCryptoPrototype.sign;
+replaceMethod("sign", {
+  async sign(algorithm, key, data) {
+    const prefix = "Failed to execute 'sign' on 'SubtleCrypto'";
+    webidl.assertBranded(this, SubtleCryptoPrototype);
+    webidl.requiredArguments(arguments.length, 3, prefix);
+    if (!isEcdsaP384Sha1(algorithm, key, "sign", "private", prefix)) {
+      return FunctionPrototypeCall(originalSign, this, algorithm, key, data);
+    }
+    const bytes = copyBytes(
+      webidl.converters.BufferSource(data, prefix, "Argument 3"),
+    );
+    const der = FunctionPrototypeCall(exportNodeMaterial, CryptoKey, key).data;
+    const signature = op_runtime_ecdsa_p384_sha1(der, bytes, EMPTY, true);
+    return TypedArrayPrototypeGetBuffer(signature);
+  },
+}.sign);
+
+const originalVerify = SubtleCryptoPrototype.verify;
+replaceMethod("verify", {
+  async verify(algorithm, key, signature, data) {
+    const prefix = "Failed to execute 'verify' on 'SubtleCrypto'";
+    webidl.assertBranded(this, SubtleCryptoPrototype);
+    webidl.requiredArguments(arguments.length, 4, prefix);
+    if (!isEcdsaP384Sha1(algorithm, key, "verify", "public", prefix)) {
+      return FunctionPrototypeCall(
+        originalVerify,
+        this,
+        algorithm,
+        key,
+        signature,
+        data,
+      );
+    }
+    const signatureBytes = copyBytes(
+      webidl.converters.BufferSource(signature, prefix, "Argument 3"),
+    );
+    const bytes = copyBytes(
+      webidl.converters.BufferSource(data, prefix, "Argument 4"),
+    );
+    const der = FunctionPrototypeCall(exportNodeMaterial, CryptoKey, key).data;
+    return op_runtime_ecdsa_p384_sha1(der, bytes, signatureBytes, false)[0] === 1;
+  },
+}.verify);
 
 // --- deriveBits: unused bits are zero ---------------------------------------
 

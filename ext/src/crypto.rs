@@ -1,6 +1,7 @@
 //! cSHAKE (NIST SP 800-185) for `digest`, from the RustCrypto `sha3`
-//! crate, which deno_crypto does not offer; and AES-GCM for the parameters
-//! deno_crypto refuses: initialization vectors of
+//! crate, which deno_crypto does not offer; ECDSA on P-384 with SHA-1, which
+//! it refuses (see `op_runtime_ecdsa_p384_sha1`); and AES-GCM for the
+//! parameters deno_crypto refuses: initialization vectors of
 //! other lengths than 96 or 128 bits, and (when decrypting) tags shorter than
 //! 128 bits. WebCrypto allows both (IVs of 1 to 2^64 - 1 bytes, tags of 32,
 //! 64, 96, 104, 112, 120 or 128 bits). `js/40_crypto.js` routes only those
@@ -255,4 +256,41 @@ pub fn op_runtime_cshake(
     _ => return Err(operation_error("unknown cSHAKE variant")),
   }
   Ok(out)
+}
+
+/// ECDSA on P-384 with SHA-1: deno_crypto hands the 20-byte digest to the
+/// `ecdsa` crate, which wants a prehash of at least half the field (24
+/// bytes) and refuses it. FIPS 186-5's bits2int of a digest shorter than
+/// the field is the digest's own value, so the digest left-padded with
+/// zeros to the field's 48 bytes signs and verifies the same (deno_crypto
+/// pads so for P-521). `key` is the key's PKCS#8 (signing) or SPKI
+/// (verifying) DER; a signature is r || s. Returns the signature, or (when
+/// verifying) one byte, 1 if it verifies.
+#[op2]
+#[buffer]
+pub fn op_runtime_ecdsa_p384_sha1(
+  #[buffer] key: &[u8],
+  #[buffer] data: &[u8],
+  #[buffer] signature: &[u8],
+  sign: bool,
+) -> Result<Vec<u8>, JsErrorBox> {
+  use p384::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
+  use p384::ecdsa::{Signature, SigningKey, VerifyingKey};
+  use p384::pkcs8::{DecodePrivateKey, DecodePublicKey};
+  use sha1::Digest;
+  let digest = sha1::Sha1::digest(data);
+  let mut prehash = [0u8; 48];
+  prehash[48 - digest.len()..].copy_from_slice(&digest);
+  if sign {
+    let key = SigningKey::from_pkcs8_der(key).map_err(|_| operation_error("invalid P-384 key"))?;
+    let signature: Signature = key
+      .sign_prehash(&prehash)
+      .map_err(|_| operation_error("signing failed"))?;
+    return Ok(signature.to_bytes().to_vec());
+  }
+  let key =
+    VerifyingKey::from_public_key_der(key).map_err(|_| operation_error("invalid P-384 key"))?;
+  let verified = Signature::from_slice(signature)
+    .is_ok_and(|signature| key.verify_prehash(&prehash, &signature).is_ok());
+  Ok(vec![u8::from(verified)])
 }

@@ -41,6 +41,7 @@ deno_core::extension!(
     cache::op_caches_keys,
     crypto::op_runtime_aes_gcm,
     crypto::op_runtime_cshake,
+    crypto::op_runtime_ecdsa_p384_sha1,
     http::op_respond,
     http::op_respond_stream,
     http::op_respond_error,
