@@ -175,17 +175,22 @@ const byteLength = (source) =>
 const asciiUpper = (s) =>
   StringPrototypeReplace(s, /[a-z]+/g, StringPrototypeToUpperCase);
 
+// The upper-cased name of an algorithm given as a dictionary (converted as
+// WebIDL converts `name`), else null.
+function dictionaryAlgorithmName(algorithm, prefix) {
+  if (webidl.type(algorithm) !== "Object") return null;
+  const name = algorithm.name;
+  if (name === undefined) return null;
+  return asciiUpper(webidl.converters.DOMString(name, prefix, "name"));
+}
+
 // --- encrypt / decrypt: AES-GCM ---------------------------------------------
 
 // `AesGcmParams` from an algorithm whose name is AES-GCM (the dictionary
 // conversion of the spec's "normalize an algorithm"), else null: that
 // algorithm is left to deno_crypto as it is.
 function aesGcmParams(algorithm, prefix) {
-  if (webidl.type(algorithm) !== "Object") return null;
-  const nameValue = algorithm.name;
-  if (nameValue === undefined) return null;
-  const name = webidl.converters.DOMString(nameValue, prefix, "name");
-  if (asciiUpper(name) !== "AES-GCM") return null;
+  if (dictionaryAlgorithmName(algorithm, prefix) !== "AES-GCM") return null;
   // Members in the order WebIDL converts them: name, then the
   // AesGcmParams members in lexicographic order.
   const params = { __proto__: null, name: "AES-GCM" };
@@ -282,14 +287,10 @@ for (const op of ["encrypt", "decrypt"]) {
 // The cSHAKE variant (128 or 256) an algorithm names, else 0: that
 // algorithm is left to deno_crypto as it is.
 function cshakeVariant(algorithm, prefix) {
-  let name = algorithm;
-  if (webidl.type(algorithm) === "Object") {
-    if (algorithm.name === undefined) return 0;
-    name = algorithm.name;
-  } else if (typeof algorithm !== "string") {
-    return 0;
-  }
-  switch (asciiUpper(webidl.converters.DOMString(name, prefix, "name"))) {
+  const name = typeof algorithm === "string"
+    ? asciiUpper(algorithm)
+    : dictionaryAlgorithmName(algorithm, prefix);
+  switch (name) {
     case "CSHAKE128":
       return 128;
     case "CSHAKE256":
@@ -347,11 +348,7 @@ replaceMethod("digest", {
 // `type` that may be used for `op`: the one case deno_crypto gets wrong.
 // Anything else (errors included) is left to deno_crypto.
 function isEcdsaP384Sha1(algorithm, key, op, type, prefix) {
-  if (webidl.type(algorithm) !== "Object" || algorithm.name === undefined) {
-    return false;
-  }
-  const name = webidl.converters.DOMString(algorithm.name, prefix, "name");
-  if (asciiUpper(name) !== "ECDSA") return false;
+  if (dictionaryAlgorithmName(algorithm, prefix) !== "ECDSA") return false;
   let hash = algorithm.hash;
   if (webidl.type(hash) === "Object") hash = hash.name;
   if (typeof hash !== "string" || asciiUpper(hash) !== "SHA-1") return false;

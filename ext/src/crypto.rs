@@ -234,25 +234,29 @@ pub fn op_runtime_cshake(
   #[buffer] data: &[u8],
 ) -> Result<Vec<u8>, JsErrorBox> {
   use sha3::digest::core_api::CoreWrapper;
-  use sha3::digest::{ExtendableOutput, Update, XofReader};
+  use sha3::digest::{ExtendableOutput, XofReader};
+  fn squeeze(mut hasher: impl ExtendableOutput, data: &[u8], out: &mut [u8]) {
+    hasher.update(data);
+    hasher.finalize_xof().read(out);
+  }
   let mut out = vec![0u8; length_bytes as usize];
   match variant {
-    128 => {
-      let mut hasher = CoreWrapper::from_core(sha3::CShake128Core::new_with_function_name(
+    128 => squeeze(
+      CoreWrapper::from_core(sha3::CShake128Core::new_with_function_name(
         function_name,
         customization,
-      ));
-      hasher.update(data);
-      hasher.finalize_xof().read(&mut out);
-    }
-    256 => {
-      let mut hasher = CoreWrapper::from_core(sha3::CShake256Core::new_with_function_name(
+      )),
+      data,
+      &mut out,
+    ),
+    256 => squeeze(
+      CoreWrapper::from_core(sha3::CShake256Core::new_with_function_name(
         function_name,
         customization,
-      ));
-      hasher.update(data);
-      hasher.finalize_xof().read(&mut out);
-    }
+      )),
+      data,
+      &mut out,
+    ),
     _ => return Err(operation_error("unknown cSHAKE variant")),
   }
   Ok(out)

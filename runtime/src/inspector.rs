@@ -12,7 +12,6 @@
 //! own, so it answers while an isolate is paused at a breakpoint.
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -24,14 +23,14 @@ use deno_core::{
   JsRuntimeInspector,
 };
 use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+use crate::side_server::{respond, text};
 
 /// The inspector server and its targets, shared by the isolate threads
 /// (which register their isolates) and the server's own thread.
@@ -95,9 +94,7 @@ impl Inspector {
     workers: &[(String, String)],
     break_on_start: bool,
   ) -> anyhow::Result<Arc<Self>> {
-    let listener = std::net::TcpListener::bind(addr)
-      .map_err(|error| anyhow::anyhow!("--inspect {addr}: cannot listen: {error}"))?;
-    listener.set_nonblocking(true)?;
+    let listener = crate::side_server::bind("--inspect", addr)?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() {
       tracing::warn!(
@@ -128,15 +125,7 @@ impl Inspector {
       }),
     });
     let server = inspector.clone();
-    std::thread::Builder::new()
-      .name("inspector".into())
-      .spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-          .enable_all()
-          .build()
-          .expect("tokio runtime");
-        rt.block_on(server.serve(listener));
-      })?;
+    crate::side_server::spawn("inspector", listener, move |request| server.answer(request))?;
     tracing::info!(
       "inspector on http://{addr}/json/list (Chrome: chrome://inspect, Configure… {addr})"
     );
@@ -166,35 +155,9 @@ impl Inspector {
     wait
   }
 
-  async fn serve(self: Arc<Self>, listener: std::net::TcpListener) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-      Ok(listener) => listener,
-      Err(error) => {
-        tracing::error!("inspector server: {error}");
-        return;
-      }
-    };
-    loop {
-      let Ok((stream, _)) = listener.accept().await else {
-        continue;
-      };
-      let this = self.clone();
-      tokio::spawn(async move {
-        let service = service_fn(move |request| {
-          let this = this.clone();
-          async move { Ok::<_, Infallible>(this.answer(request)) }
-        });
-        let _ = http1::Builder::new()
-          .serve_connection(TokioIo::new(stream), service)
-          .with_upgrades()
-          .await;
-      });
-    }
-  }
-
   fn answer(&self, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET {
-      return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+      return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
     let host = request
       .headers()
@@ -213,7 +176,7 @@ impl Inspector {
         Some(id) => self.attach(id, request),
         None => text(
           StatusCode::NOT_FOUND,
-          "not found: /json/list, /json/version and /ws/ID are served here\n".into(),
+          "not found: /json/list, /json/version and /ws/ID are served here\n",
         ),
       },
     }
@@ -257,7 +220,7 @@ impl Inspector {
     else {
       return text(
         StatusCode::BAD_REQUEST,
-        "a WebSocket handshake is expected here\n".into(),
+        "a WebSocket handshake is expected here\n",
       );
     };
     if !self.targets.lock().unwrap().contains_key(id) {
@@ -354,16 +317,9 @@ impl Inspector {
 }
 
 fn json(value: serde_json::Value) -> Response<Full<Bytes>> {
-  Response::builder()
-    .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
-    .body(Full::new(Bytes::from(value.to_string())))
-    .expect("a valid response")
-}
-
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-  Response::builder()
-    .status(status)
-    .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-    .body(Full::new(Bytes::from(body)))
-    .expect("a valid response")
+  respond(
+    StatusCode::OK,
+    "application/json; charset=utf-8",
+    value.to_string(),
+  )
 }

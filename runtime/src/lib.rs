@@ -15,6 +15,7 @@ pub mod pool;
 pub mod routes;
 pub mod scheduled;
 pub mod server;
+pub mod side_server;
 pub mod typescript;
 pub mod worker;
 pub mod wpt;

@@ -11,23 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn dev_cmd(script: &Path, threads: &str) -> std::process::Command {
-  let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_runtime"));
-  cmd
-    .args([
-      "dev",
-      "--port",
-      "0",
-      "--host",
-      "127.0.0.1",
-      "--threads",
-      threads,
-    ])
-    .arg(script)
-    .env_remove("RUST_LOG");
-  cmd
-}
-
 /// Polls until the worker answers `want` (each edit is seen within a bounded wait).
 async fn until_served(c: &reqwest::Client, url: &str, want: &str) {
   for _ in 0..100 {
@@ -47,7 +30,9 @@ async fn an_edit_is_served_without_a_restart_and_a_broken_one_keeps_the_last_goo
       std::fs::copy(fixture(&format!("dev/{file}")), dir.join(file)).unwrap();
     }
     let message = dir.join("message.js");
-    let mut srv = serve(dev_cmd(&dir.join("main.js"), "1"));
+    let mut cmd = dev_cmd(["--threads", "1"]);
+    cmd.arg(dir.join("main.js"));
+    let mut srv = serve(cmd);
     srv.wait_for_stderr("dev: watching", 10).await;
     let c = client();
     let url = srv.url("/");
@@ -113,20 +98,8 @@ async fn a_config_edit_reloads_the_workers_and_a_broken_one_keeps_the_last_good_
     let dir = scratch_dir("dev-config");
     std::fs::copy(fixture("dev/config.js"), dir.join("config.js")).unwrap();
     write_config(&dir, "site", "GREETING = \"hi\"", "");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_runtime"));
-    cmd
-      .args([
-        "dev",
-        "--port",
-        "0",
-        "--host",
-        "127.0.0.1",
-        "--threads",
-        "2",
-        "--config",
-      ])
-      .arg(dir.join("runtime.toml"))
-      .env_remove("RUST_LOG");
+    let mut cmd = dev_cmd(["--threads", "2", "--config"]);
+    cmd.arg(dir.join("runtime.toml"));
     let mut srv = serve(cmd);
     srv.wait_for_stderr("dev: watching", 10).await;
     let c = client();
@@ -211,21 +184,8 @@ async fn a_wrangler_project_reloads_on_an_edit_of_its_vars_or_dev_vars() {
       .unwrap()
     };
     project("from vars");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_runtime"));
-    cmd
-      .args([
-        "dev",
-        "--port",
-        "0",
-        "--host",
-        "127.0.0.1",
-        "--threads",
-        "1",
-      ])
-      .arg("--state-dir")
-      .arg(dir.join("state"))
-      .current_dir(&dir)
-      .env_remove("RUST_LOG");
+    let mut cmd = dev_cmd(["--threads", "1", "--state-dir"]);
+    cmd.arg(dir.join("state")).current_dir(&dir);
     let mut srv = serve(cmd);
     srv.wait_for_stderr("dev: watching", 10).await;
     let c = client();

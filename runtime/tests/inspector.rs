@@ -73,6 +73,13 @@ impl Cdp {
     }
   }
 
+  /// The `Debugger.scriptParsed` event of the script at `url`.
+  async fn script_parsed(&mut self, url: &str) -> Value {
+    self
+      .event("Debugger.scriptParsed", |p| p["url"] == url)
+      .await
+  }
+
   /// The first event `method` (already received or still to come) that `matches`.
   async fn event(&mut self, method: &str, matches: impl Fn(&Value) -> bool) -> Value {
     if let Some(at) = self
@@ -148,9 +155,7 @@ async fn a_breakpoint_is_hit_by_a_request_evaluated_on_and_resumed() {
   cdp.call("Runtime.enable", json!({})).await;
   cdp.call("Debugger.enable", json!({})).await;
   let url = file_url(&fixture("inspector/worker.js"));
-  let parsed = cdp
-    .event("Debugger.scriptParsed", |p| p["url"] == url.as_str())
-    .await;
+  let parsed = cdp.script_parsed(&url).await;
   let script_id = parsed["scriptId"].clone();
   assert!(script_id.is_string());
   let breakpoint = cdp
@@ -304,9 +309,7 @@ async fn inspect_brk_waits_for_a_debugger_and_pauses_on_the_first_statement() {
   cdp.call("Runtime.enable", json!({})).await;
   cdp.call("Debugger.enable", json!({})).await;
   let url = file_url(&fixture("inspector/worker.js"));
-  let parsed = cdp
-    .event("Debugger.scriptParsed", |p| p["url"] == url.as_str())
-    .await;
+  let parsed = cdp.script_parsed(&url).await;
   cdp.call("Runtime.runIfWaitingForDebugger", json!({})).await;
   let paused = cdp.event("Debugger.paused", |_| true).await;
   let frame = &paused["callFrames"][0];
@@ -352,18 +355,8 @@ async fn a_debugger_reattaches_to_the_worker_after_a_dev_reload() {
   let dir = scratch_dir("inspector-dev");
   let script = dir.join("worker.js");
   std::fs::copy(fixture("inspector/worker.js"), &script).unwrap();
-  let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_runtime"));
-  cmd
-    .args([
-      "dev",
-      "--port",
-      "0",
-      "--host",
-      "127.0.0.1",
-      "--inspect=127.0.0.1:0",
-    ])
-    .arg(&script)
-    .env_remove("RUST_LOG");
+  let mut cmd = dev_cmd(["--inspect=127.0.0.1:0"]);
+  cmd.arg(&script);
   let server = serve(cmd);
   server.wait_for_stderr("dev: watching", 10).await;
   let inspector = server.inspector_url().await;
@@ -399,9 +392,7 @@ async fn a_debugger_reattaches_to_the_worker_after_a_dev_reload() {
   let mut new = Cdp::connect(&ws).await;
   new.call("Debugger.enable", json!({})).await;
   let url = file_url(&std::fs::canonicalize(&script).unwrap());
-  let parsed = new
-    .event("Debugger.scriptParsed", |p| p["url"] == url.as_str())
-    .await;
+  let parsed = new.script_parsed(&url).await;
   let source = new
     .call(
       "Debugger.getScriptSource",

@@ -147,6 +147,20 @@ where
   cmd
 }
 
+/// `runtime dev --port 0 --host 127.0.0.1 <args>`.
+pub fn dev_cmd<I, S>(args: I) -> Command
+where
+  I: IntoIterator<Item = S>,
+  S: AsRef<OsStr>,
+{
+  let mut cmd = Command::new(BIN);
+  cmd
+    .args(["dev", "--port", "0", "--host", "127.0.0.1"])
+    .args(args)
+    .env_remove("RUST_LOG");
+  cmd
+}
+
 /// `runtime serve <script> --port 0 --host 127.0.0.1`.
 pub fn serve_script_cmd(script: &Path) -> Command {
   let mut cmd = serve_cmd([script]);
@@ -335,34 +349,30 @@ impl Server {
     }
   }
 
-  /// The admin server's base URL (`http://127.0.0.1:PORT`), from its start-up log line (for a
-  /// server started with `--admin 127.0.0.1:0`).
-  pub async fn admin_url(&self) -> String {
-    const LINE: &str = "admin on http://";
-    self.wait_for_stderr(LINE, 10).await;
+  /// The base URL (`http://127.0.0.1:PORT`) a start-up log line gives after `label`, as in
+  /// `admin on http://...` (for a server listening on port 0).
+  async fn logged_url(&self, label: &str, path: &str) -> String {
+    let line = format!("{label} on http://");
+    self.wait_for_stderr(&line, 10).await;
     let log = self.stderr();
-    let at = log.find(LINE).unwrap() + "admin on ".len();
+    let at = log.find(&line).unwrap() + label.len() + " on ".len();
     log[at..]
       .split_whitespace()
       .next()
       .unwrap()
+      .trim_end_matches(path)
       .trim_end_matches('/')
       .to_string()
   }
 
-  /// The inspector's base URL (`http://127.0.0.1:PORT`), from its start-up log line (for a
-  /// server started with `--inspect=127.0.0.1:0`).
+  /// The admin server's base URL (for a server started with `--admin 127.0.0.1:0`).
+  pub async fn admin_url(&self) -> String {
+    self.logged_url("admin", "/").await
+  }
+
+  /// The inspector's base URL (for a server started with `--inspect=127.0.0.1:0`).
   pub async fn inspector_url(&self) -> String {
-    const LINE: &str = "inspector on http://";
-    self.wait_for_stderr(LINE, 10).await;
-    let log = self.stderr();
-    let at = log.find(LINE).unwrap() + "inspector on ".len();
-    log[at..]
-      .split_whitespace()
-      .next()
-      .unwrap()
-      .trim_end_matches("/json/list")
-      .to_string()
+    self.logged_url("inspector", "/json/list").await
   }
 
   /// Waits until stderr has grown past `len` bytes; returns the new part.
