@@ -10,6 +10,8 @@
 // - exportKey: Ed25519 JWKs carry `alg: "Ed25519"`.
 // - sign/verify: ECDSA on P-384 with SHA-1 (deno_crypto refuses a digest
 //   shorter than half the field), done by op_runtime_ecdsa_p384_sha1.
+// - sign/verify: KMAC's output length is `length` in `KmacParams` as the
+//   WICG draft names it now (deno_crypto reads the older `outputLength`).
 // - digest: cSHAKE128 and cSHAKE256 (WICG's modern algorithms for WebCrypto,
 //   `CShakeParams`), which deno_crypto lacks, done by op_runtime_cshake.
 // - importKey: the JWK checks deno_crypto skips (EC: `crv` and the lengths of
@@ -363,6 +365,31 @@ function isEcdsaP384Sha1(algorithm, key, op, type, prefix) {
     ArrayPrototypeIncludes(FunctionPrototypeCall(getKeyUsages, key), op);
 }
 
+// --- sign / verify: KMAC's `length` -----------------------------------------
+
+// `KmacParams` as deno_crypto reads them (`outputLength`), from an algorithm
+// whose name is KMAC128 or KMAC256 and that gives `length`, else null: that
+// algorithm is left to deno_crypto as it is (the older `outputLength` too).
+function kmacParams(algorithm, prefix) {
+  const name = dictionaryAlgorithmName(algorithm, prefix);
+  if (name !== "KMAC128" && name !== "KMAC256") return null;
+  // Each member read once, in WebIDL's order: customization, length.
+  const customization = algorithm.customization;
+  const length = algorithm.length;
+  if (length === undefined) return null;
+  const params = {
+    __proto__: null,
+    name,
+    outputLength: webidl.converters["unsigned long"](length, prefix, "length"),
+  };
+  if (customization !== undefined) {
+    params.customization = copyBytes(
+      webidl.converters.BufferSource(customization, prefix, "customization"),
+    );
+  }
+  return params;
+}
+
 const EMPTY = new Uint8Array(0);
 const originalSign = SubtleCryptoPrototype.sign;
 replaceMethod("sign", {
@@ -370,6 +397,10 @@ replaceMethod("sign", {
     const prefix = "Failed to execute 'sign' on 'SubtleCrypto'";
     webidl.assertBranded(this, SubtleCryptoPrototype);
     webidl.requiredArguments(arguments.length, 3, prefix);
+    const kmac = kmacParams(algorithm, prefix);
+    if (kmac !== null) {
+      return FunctionPrototypeCall(originalSign, this, kmac, key, data);
+    }
     if (!isEcdsaP384Sha1(algorithm, key, "sign", "private", prefix)) {
       return FunctionPrototypeCall(originalSign, this, algorithm, key, data);
     }
@@ -388,6 +419,17 @@ replaceMethod("verify", {
     const prefix = "Failed to execute 'verify' on 'SubtleCrypto'";
     webidl.assertBranded(this, SubtleCryptoPrototype);
     webidl.requiredArguments(arguments.length, 4, prefix);
+    const kmac = kmacParams(algorithm, prefix);
+    if (kmac !== null) {
+      return FunctionPrototypeCall(
+        originalVerify,
+        this,
+        kmac,
+        key,
+        signature,
+        data,
+      );
+    }
     if (!isEcdsaP384Sha1(algorithm, key, "verify", "public", prefix)) {
       return FunctionPrototypeCall(
         originalVerify,
