@@ -5,11 +5,39 @@
 //   from() accepts it, as Deno and workerd do; deno_web's async-sequence
 //   conversion refuses every primitive. The string goes to it as a String
 //   object, which iterates the same.
+// - readableStreamForRid (the streams of request, fetch() and cache bodies):
+//   deno_web sets the stream up from a plain-object underlying source whose
+//   `start` it reads, so an `Object.prototype.start` a script defined reached
+//   every such stream (a getter ran, a value broke the stream). The property
+//   is set aside while the stream is set up.
 import { primordials } from "ext:core/mod.js";
 import * as web from "ext:runtime/00_web.js";
 
-const { FunctionPrototypeCall, ObjectDefineProperty, String } = primordials;
+const {
+  FunctionPrototypeCall,
+  ObjectDefineProperty,
+  ObjectGetOwnPropertyDescriptor,
+  ObjectPrototype,
+  ReflectApply,
+  ReflectDeleteProperty,
+  String,
+} = primordials;
 const { ReadableStream } = web.streams;
+const originalReadableStreamForRid = web.streams.readableStreamForRid;
+
+/** deno_web's readableStreamForRid, out of reach of `Object.prototype`. */
+export function readableStreamForRid(...args) {
+  const start = ObjectGetOwnPropertyDescriptor(ObjectPrototype, "start");
+  if (start === undefined || !start.configurable) {
+    return ReflectApply(originalReadableStreamForRid, undefined, args);
+  }
+  ReflectDeleteProperty(ObjectPrototype, "start");
+  try {
+    return ReflectApply(originalReadableStreamForRid, undefined, args);
+  } finally {
+    ObjectDefineProperty(ObjectPrototype, "start", start);
+  }
+}
 
 const originalFrom = ReadableStream.from;
 const from = {

@@ -23,6 +23,7 @@ import {
   url,
   webidl,
 } from "ext:runtime/00_web.js";
+import { readableStreamForRid } from "ext:runtime/08_streams.js";
 import { getHeader } from "ext:runtime/10_headers.js";
 import {
   formDataFromEntries,
@@ -78,7 +79,6 @@ const {
   ReadableByteStreamController,
   readableStreamCollectIntoUint8Array,
   readableStreamDisturb,
-  readableStreamForRid,
   readableStreamPipeTo,
   readableStreamTee,
   ReadableStreamPrototype,

@@ -3,6 +3,7 @@
 // `export default { fetch }`), and how its Response goes back.
 import { core, primordials } from "ext:core/mod.js";
 import { event, streams, url as urlNs, webidl } from "ext:runtime/00_web.js";
+import { readableStreamForRid } from "ext:runtime/08_streams.js";
 import { newServerRequest } from "ext:runtime/13_request.js";
 import { extractResponseParts, Response } from "ext:runtime/14_response.js";
 import { runScheduled } from "ext:runtime/21_scheduled_event.js";
@@ -30,7 +31,6 @@ const EventTargetPrototypeDispatchEvent = (target, ev) =>
 const {
   ReadableStreamPrototype,
   getReadableStreamResourceBacking,
-  readableStreamForRid,
   resourceForReadableStream,
 } = streams;
 

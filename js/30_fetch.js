@@ -25,6 +25,7 @@ import {
   url as urlNs,
   webidl,
 } from "ext:runtime/00_web.js";
+import { readableStreamForRid } from "ext:runtime/08_streams.js";
 import { headerListFromHeaders } from "ext:runtime/10_headers.js";
 import { InnerBody, takeBodyForEngine } from "ext:runtime/11_body.js";
 import { Request, requestForFetch } from "ext:runtime/13_request.js";
@@ -68,7 +69,6 @@ const {
   isReadableStreamLocked,
   readableStreamCancel,
   readableStreamDisturb,
-  readableStreamForRid,
   resourceForReadableStream,
 } = streams;
 const { add: signalAdd, remove: signalRemove } = abortSignal;

@@ -12,7 +12,8 @@
 // namespace, set in the isolate's state): nothing here names one.
 
 import { core, primordials } from "ext:core/mod.js";
-import { streams, webidl } from "ext:runtime/00_web.js";
+import { webidl } from "ext:runtime/00_web.js";
+import { readableStreamForRid } from "ext:runtime/08_streams.js";
 import { headerListFromHeaders } from "ext:runtime/10_headers.js";
 import { isRequest, Request } from "ext:runtime/13_request.js";
 import { isResponse, Response } from "ext:runtime/14_response.js";
@@ -43,7 +44,6 @@ const {
   SymbolToStringTag,
   TypeError,
 } = primordials;
-const { readableStreamForRid } = streams;
 
 const illegalConstructor = Symbol("illegalConstructor");
 const _name = Symbol("[[name]]");
