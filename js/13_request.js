@@ -6,6 +6,7 @@ import {
   accessors,
   consoleNs,
   domException,
+  file,
   url as urlNs,
   webidl,
 } from "ext:runtime/00_web.js";
@@ -47,12 +48,14 @@ const {
 const { createFilteredInspectProxy } = consoleNs;
 const { DOMException } = domException;
 const { URL } = urlNs;
+const { blobFromObjectUrl } = file;
 const { createDependentAbortSignal, newSignal, signalAbort } = abortSignal;
 const { getLocationHref } = core.loadExtScript("ext:deno_web/12_location.js");
 const { op_request_disconnected } = core.ops;
 
 const {
   URLPrototypeGetHref,
+  URLPrototypeGetProtocol,
   URLPrototypeGetUsername,
   URLPrototypeGetPassword,
 } = accessors;
@@ -63,6 +66,10 @@ const _url = Symbol("[[url]]");
 const _headers = Symbol("[[headers]]");
 const _body = Symbol("[[body]]");
 const _signal = Symbol("[[signal]]");
+// The Blob a `blob:` URL named when the Request was made: the URL parser
+// resolves the entry then, so revoking the URL afterwards (even before a
+// clone) leaves the Request fetchable. Set only on such Requests.
+const _blobEntry = Symbol("[[blob URL entry]]");
 // The engine's id of an incoming request: its signal aborts when the client
 // goes away before the response is handed over.
 const _serverRequestId = Symbol("[[serverRequestId]]");
@@ -253,6 +260,7 @@ class Request {
     let options;
     let fallbackMode = null;
     let signal = null;
+    let blobEntry;
 
     if (typeof input === "string") {
       const parsed = parseURL(input, prefix, "URL");
@@ -265,6 +273,9 @@ class Request {
         );
       }
       url = FunctionPrototypeCall(URLPrototypeGetHref, parsed);
+      if (FunctionPrototypeCall(URLPrototypeGetProtocol, parsed) === "blob:") {
+        blobEntry = resolveBlobURL(url);
+      }
       method = "GET";
       options = DEFAULT_OPTIONS;
       fallbackMode = "cors";
@@ -272,6 +283,7 @@ class Request {
       inputRequest = input;
       method = input[_method];
       url = input[_url];
+      blobEntry = input[_blobEntry];
       options = input[_options];
       signal = getRequestSignal(input);
     }
@@ -419,6 +431,7 @@ class Request {
       options,
       signal === null ? null : createDependentAbortSignal([signal], prefix),
     );
+    if (blobEntry !== undefined) this[_blobEntry] = blobEntry;
   }
 
   /** @returns {string} */
@@ -541,6 +554,7 @@ class Request {
       this[_options],
       createDependentAbortSignal([getRequestSignal(this)], prefix),
     );
+    if (this[_blobEntry] !== undefined) cloned[_blobEntry] = this[_blobEntry];
     return cloned;
   }
 
@@ -713,6 +727,16 @@ function isRequest(value) {
  *   signal: AbortSignal | null,
  * }}
  */
+/** The Blob of a `blob:` URL in the store now, else null. */
+function resolveBlobURL(url) {
+  try {
+    return blobFromObjectUrl(url);
+  } catch {
+    // An unparsable blob: URL is one that is not in the store.
+    return null;
+  }
+}
+
 function requestForFetch(request) {
   return {
     __proto__: null,
@@ -723,6 +747,8 @@ function requestForFetch(request) {
     redirect: request[_options].redirect,
     integrity: request[_options].integrity,
     signal: request[_signal] ?? null,
+    // The Blob a `blob:` URL named when the Request was made, else null.
+    blobEntry: request[_blobEntry] ?? null,
   };
 }
 
@@ -735,5 +761,6 @@ export {
   Request,
   RequestPrototype,
   requestForFetch,
+  resolveBlobURL,
   urlHref,
 };

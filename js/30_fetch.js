@@ -28,7 +28,11 @@ import {
 import { readableStreamForRid } from "ext:runtime/08_streams.js";
 import { headerListFromHeaders } from "ext:runtime/10_headers.js";
 import { InnerBody, takeBodyForEngine } from "ext:runtime/11_body.js";
-import { Request, requestForFetch } from "ext:runtime/13_request.js";
+import {
+  Request,
+  requestForFetch,
+  resolveBlobURL,
+} from "ext:runtime/13_request.js";
 import {
   fetchResponseWithBytes,
   newFetchResponse,
@@ -72,7 +76,7 @@ const {
   resourceForReadableStream,
 } = streams;
 const { add: signalAdd, remove: signalRemove } = abortSignal;
-const { BlobPrototype, blobFromObjectUrl } = file;
+const { BlobPrototype } = file;
 const { URL, URLPrototype } = urlNs;
 
 const {
@@ -247,19 +251,15 @@ function fetchDataURL(href, head) {
 // ---------------------------------------------------------------------------
 // blob: URLs (the Blob URL store of deno_web; URL.createObjectURL)
 
-function fetchBlobURL(href, method, headers) {
+// `entry`: the Blob the URL named when the Request was made, else null.
+function fetchBlobURL(href, method, headers, entry) {
   const url = withoutFragment(href);
   if (method !== "GET") {
     throw new TypeError(
       `fetch failed: a blob: URL can only be fetched with GET, not ${method}`,
     );
   }
-  let blob = null;
-  try {
-    blob = blobFromObjectUrl(url);
-  } catch {
-    // An unparsable blob: URL is one that is not in the store.
-  }
+  const blob = entry ?? resolveBlobURL(url);
   if (blob === null || !ObjectPrototypeIsPrototypeOf(BlobPrototype, blob)) {
     throw new TypeError(`fetch failed: no Blob for ${url} (revoked or never created)`);
   }
@@ -529,7 +529,14 @@ async function runFetch(request) {
   const scheme = url === null ? "" : FunctionPrototypeCall(URLPrototypeGetProtocol, url);
   // Main fetch: a HEAD response has no body, whatever its scheme.
   if (scheme === "data:") return fetchDataURL(state.url, state.method === "HEAD");
-  if (scheme === "blob:") return fetchBlobURL(state.url, state.method, state.headers);
+  if (scheme === "blob:") {
+    return fetchBlobURL(
+      state.url,
+      state.method,
+      state.headers,
+      request.blobEntry,
+    );
+  }
   if (scheme !== "http:" && scheme !== "https:") {
     throw new TypeError(
       `fetch failed: unsupported scheme ${scheme} in ${state.url} (${SUPPORTED_SCHEMES})`,
