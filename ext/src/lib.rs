@@ -21,6 +21,10 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use deno_core::{Extension, OpDecl};
+/// The document location, in the `OpState` of an isolate that has one (the
+/// WPT runner's): `URL.createObjectURL` names its origin in the URLs it
+/// makes. A Worker has none, so its blob: URLs are `blob:null/…`.
+pub use deno_web::Location;
 
 deno_core::extension!(
   runtime,
