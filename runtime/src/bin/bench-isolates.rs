@@ -192,6 +192,26 @@ fn creation_by_layer() {
   }
 }
 
+/// BENCH_SPACES=1: what a fresh isolate's V8 heap holds, space by space
+/// (committed, used and physical KiB), on stderr.
+fn print_heap_spaces(isolate: &mut deno_core::v8::Isolate) {
+  for i in 0..isolate.number_of_heap_spaces() {
+    let Some(space) = isolate.get_heap_space_statistics(i) else {
+      continue;
+    };
+    if space.space_size() == 0 {
+      continue;
+    }
+    eprintln!(
+      "heap space {}: committed {} KiB, used {} KiB, physical {} KiB",
+      space.space_name().to_string_lossy(),
+      space.space_size() / 1024,
+      space.space_used_size() / 1024,
+      space.physical_space_size() / 1024
+    );
+  }
+}
+
 fn main() {
   // As the server does (src/main.rs).
   runtime::worker::tune_allocator();
@@ -228,7 +248,10 @@ fn main() {
     for _ in 0..count {
       let start = Instant::now();
       let cpu = thread_cpu_us();
-      let isolate = new_isolate(Rc::new(ScriptLoader::new("/".into())), "bench").unwrap();
+      let mut isolate = new_isolate(Rc::new(ScriptLoader::new("/".into())), "bench").unwrap();
+      if created.is_empty() && std::env::var_os("BENCH_SPACES").is_some() {
+        print_heap_spaces(isolate.0.v8_isolate());
+      }
       created_cpu.push(thread_cpu_us() - cpu);
       created.push(start.elapsed().as_micros());
       drop(isolate);

@@ -84,7 +84,10 @@ pub async fn run_single(
   // The glue, then testharness.js, then the hooks.
   let href = format!("{origin}/{}{}", test.path, test.variant);
   if let Ok(location) = deno_core::url::Url::parse(&href) {
-    runtime.op_state().borrow_mut().put(runtime_ext::Location(location));
+    runtime
+      .op_state()
+      .borrow_mut()
+      .put(runtime_ext::Location(location));
   }
   let glue = runtime
     .execute_script("[wpt runner]", HARNESS_GLUE)
