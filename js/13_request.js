@@ -431,7 +431,7 @@ class Request {
       options,
       signal === null ? null : createDependentAbortSignal([signal], prefix),
     );
-    if (blobEntry !== undefined) this[_blobEntry] = blobEntry;
+    if (blobEntry != null) this[_blobEntry] = blobEntry;
   }
 
   /** @returns {string} */
@@ -717,16 +717,6 @@ function isRequest(value) {
     value[webidl.brand] === webidl.brand;
 }
 
-/**
- * What fetch() needs of the Request it constructed, read from the internal
- * slots (so changes to Request.prototype by user code do not matter).
- * @param {Request} request
- * @returns {{
- *   method: string, url: string, headers: Headers, body: InnerBody | null,
- *   redirect: "follow" | "error" | "manual", integrity: string,
- *   signal: AbortSignal | null,
- * }}
- */
 /** The Blob of a `blob:` URL in the store now, else null. */
 function resolveBlobURL(url) {
   try {
@@ -737,6 +727,17 @@ function resolveBlobURL(url) {
   }
 }
 
+/**
+ * What fetch() needs of the Request it constructed, read from the internal
+ * slots (so changes to Request.prototype by user code do not matter).
+ * @param {Request} request
+ * @returns {{
+ *   method: string, url: string, headers: Headers, body: InnerBody | null,
+ *   redirect: "follow" | "error" | "manual", integrity: string,
+ *   signal: AbortSignal | null,
+ *   blobEntry: Blob | null,
+ * }}
+ */
 function requestForFetch(request) {
   return {
     __proto__: null,

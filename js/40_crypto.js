@@ -368,15 +368,19 @@ function isEcdsaP384Sha1(algorithm, key, op, type, prefix) {
 // --- sign / verify: KMAC's `length` -----------------------------------------
 
 // `KmacParams` as deno_crypto reads them (`outputLength`), from an algorithm
-// whose name is KMAC128 or KMAC256 and that gives `length`, else null: that
-// algorithm is left to deno_crypto as it is (the older `outputLength` too).
+// whose name is KMAC128 or KMAC256, else null: that algorithm is left to
+// deno_crypto as it is.
 function kmacParams(algorithm, prefix) {
   const name = dictionaryAlgorithmName(algorithm, prefix);
   if (name !== "KMAC128" && name !== "KMAC256") return null;
   // Each member read once, in WebIDL's order: customization, length.
   const customization = algorithm.customization;
-  const length = algorithm.length;
-  if (length === undefined) return null;
+  let length = algorithm.length;
+  // The draft's earlier name, which deno_crypto and Deno's users know.
+  if (length === undefined) length = algorithm.outputLength;
+  if (length === undefined) {
+    throw new TypeError(`${prefix}: 'length' is required in 'KmacParams'`);
+  }
   const params = {
     __proto__: null,
     name,

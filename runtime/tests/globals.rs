@@ -26,3 +26,27 @@ async fn ecma_429_globals_present_working_and_nothing_leaks() {
   assert_eq!(body["leaked"], serde_json::json!([]), "{body}");
   assert_eq!(body["failures"], serde_json::json!([]), "{body}");
 }
+
+#[tokio::test]
+async fn kmac_takes_its_output_length_as_length_or_the_older_output_length() {
+  let server = serve(serve_script_cmd(&fixture("webcrypto-kmac.js")));
+  let body: serde_json::Value = within(30, async {
+    reqwest::get(server.url("/"))
+      .await
+      .unwrap()
+      .json()
+      .await
+      .unwrap()
+  })
+  .await;
+  // NIST SP 800-185 KMAC sample #1.
+  let sample = "e5780b0d3ea6f7d3a429c5706aa43a00fadbd7d49628839e3187243f456ee14e";
+  assert_eq!(body["length"], sample, "{body}");
+  assert_eq!(body["outputLength"], sample, "{body}");
+  assert_eq!(body["verified"], true, "{body}");
+  let missing = body["missing"].as_str().unwrap_or_default();
+  assert!(
+    missing.starts_with("TypeError") && missing.contains("'length' is required"),
+    "{body}"
+  );
+}
