@@ -18,7 +18,6 @@ const {
   ObjectDefineProperty,
   ObjectGetOwnPropertyDescriptor,
   ObjectPrototype,
-  ReflectApply,
   ReflectDeleteProperty,
   String,
 } = primordials;
@@ -26,14 +25,15 @@ const { ReadableStream } = web.streams;
 const originalReadableStreamForRid = web.streams.readableStreamForRid;
 
 /** deno_web's readableStreamForRid, out of reach of `Object.prototype`. */
-export function readableStreamForRid(...args) {
+// On the request path (every body stream): no arguments array is made.
+export function readableStreamForRid(rid, autoClose, cfn, onError, onClose) {
   const start = ObjectGetOwnPropertyDescriptor(ObjectPrototype, "start");
   if (start === undefined || !start.configurable) {
-    return ReflectApply(originalReadableStreamForRid, undefined, args);
+    return originalReadableStreamForRid(rid, autoClose, cfn, onError, onClose);
   }
   ReflectDeleteProperty(ObjectPrototype, "start");
   try {
-    return ReflectApply(originalReadableStreamForRid, undefined, args);
+    return originalReadableStreamForRid(rid, autoClose, cfn, onError, onClose);
   } finally {
     ObjectDefineProperty(ObjectPrototype, "start", start);
   }

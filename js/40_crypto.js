@@ -402,11 +402,17 @@ replaceMethod("sign", {
     webidl.assertBranded(this, SubtleCryptoPrototype);
     webidl.requiredArguments(arguments.length, 3, prefix);
     const kmac = kmacParams(algorithm, prefix);
-    if (kmac !== null) {
-      return FunctionPrototypeCall(originalSign, this, kmac, key, data);
-    }
-    if (!isEcdsaP384Sha1(algorithm, key, "sign", "private", prefix)) {
-      return FunctionPrototypeCall(originalSign, this, algorithm, key, data);
+    if (
+      kmac !== null ||
+      !isEcdsaP384Sha1(algorithm, key, "sign", "private", prefix)
+    ) {
+      return FunctionPrototypeCall(
+        originalSign,
+        this,
+        kmac ?? algorithm,
+        key,
+        data,
+      );
     }
     const bytes = copyBytes(
       webidl.converters.BufferSource(data, prefix, "Argument 3"),
@@ -424,21 +430,14 @@ replaceMethod("verify", {
     webidl.assertBranded(this, SubtleCryptoPrototype);
     webidl.requiredArguments(arguments.length, 4, prefix);
     const kmac = kmacParams(algorithm, prefix);
-    if (kmac !== null) {
+    if (
+      kmac !== null ||
+      !isEcdsaP384Sha1(algorithm, key, "verify", "public", prefix)
+    ) {
       return FunctionPrototypeCall(
         originalVerify,
         this,
-        kmac,
-        key,
-        signature,
-        data,
-      );
-    }
-    if (!isEcdsaP384Sha1(algorithm, key, "verify", "public", prefix)) {
-      return FunctionPrototypeCall(
-        originalVerify,
-        this,
-        algorithm,
+        kmac ?? algorithm,
         key,
         signature,
         data,

@@ -13,15 +13,7 @@ async fn ecma_429_globals_present_working_and_nothing_leaks() {
   let mut cmd = serve_script_cmd(&fixture("globals.js"));
   cmd.args(["--threads", "1", "--cpu-limit", "2000"]);
   let server = serve(cmd);
-  let body: serde_json::Value = within(30, async {
-    reqwest::get(server.url("/"))
-      .await
-      .unwrap()
-      .json()
-      .await
-      .unwrap()
-  })
-  .await;
+  let (_, body) = within(30, get_json(&reqwest::Client::new(), &server.url("/"))).await;
   assert_eq!(body["missing"], serde_json::json!([]), "{body}");
   assert_eq!(body["leaked"], serde_json::json!([]), "{body}");
   assert_eq!(body["failures"], serde_json::json!([]), "{body}");
@@ -30,15 +22,7 @@ async fn ecma_429_globals_present_working_and_nothing_leaks() {
 #[tokio::test]
 async fn kmac_takes_its_output_length_as_length_or_the_older_output_length() {
   let server = serve(serve_script_cmd(&fixture("webcrypto-kmac.js")));
-  let body: serde_json::Value = within(30, async {
-    reqwest::get(server.url("/"))
-      .await
-      .unwrap()
-      .json()
-      .await
-      .unwrap()
-  })
-  .await;
+  let (_, body) = within(30, get_json(&reqwest::Client::new(), &server.url("/"))).await;
   // NIST SP 800-185 KMAC sample #1.
   let sample = "e5780b0d3ea6f7d3a429c5706aa43a00fadbd7d49628839e3187243f456ee14e";
   assert_eq!(body["length"], sample, "{body}");
