@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use runtime::config::{EngineConfig, Isolation, WorkerLimits};
-use runtime::server::{serve, InspectOptions, Limits, ServeOptions};
+use runtime_engine::config::{EngineConfig, Isolation, WorkerLimits};
+use runtime_engine::server::{serve, InspectOptions, Limits, ServeOptions};
 
 /// A V8-isolate JavaScript runtime for Workers-style scripts.
 #[derive(Parser)]
@@ -37,7 +37,7 @@ enum Command {
   /// serving, and its error is printed).
   Dev(ServeArgs),
   /// Run web-platform-tests against the global scope scripts get (see wpt/README.md).
-  Wpt(runtime::wpt::WptArgs),
+  Wpt(runtime_wpt::WptArgs),
 }
 
 #[derive(clap::Args)]
@@ -154,7 +154,7 @@ fn serve_command(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
   }
   let config_file = match (&args.config, &args.script) {
     (None, None) => Some(
-      runtime::wrangler::find_config(Path::new(".")).ok_or_else(|| {
+      runtime_engine::wrangler::find_config(Path::new(".")).ok_or_else(|| {
         anyhow::anyhow!(
           "a script or --config is required (no wrangler.json, wrangler.jsonc, wrangler.toml or runtime.toml in the current folder)"
         )
@@ -165,14 +165,14 @@ fn serve_command(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
   if args.env.is_some()
     && !config_file
       .as_deref()
-      .is_some_and(runtime::wrangler::is_wrangler_file)
+      .is_some_and(runtime_engine::wrangler::is_wrangler_file)
   {
     anyhow::bail!("--env selects an [env.NAME] of a wrangler project (wrangler.toml, wrangler.json or wrangler.jsonc)");
   }
   if !args.outbound.is_empty()
     && config_file
       .as_deref()
-      .is_some_and(|f| !runtime::wrangler::is_wrangler_file(f))
+      .is_some_and(|f| !runtime_engine::wrangler::is_wrangler_file(f))
   {
     anyhow::bail!(
       "--outbound is for a script or a wrangler project: runtime.toml sets `outbound` per worker or in [engine]"
@@ -181,7 +181,7 @@ fn serve_command(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
   if args.coarse_time
     && config_file
       .as_deref()
-      .is_some_and(|f| !runtime::wrangler::is_wrangler_file(f))
+      .is_some_and(|f| !runtime_engine::wrangler::is_wrangler_file(f))
   {
     anyhow::bail!(
       "--coarse-time is for a script or a wrangler project: runtime.toml sets `coarse_time` per worker or in [engine]"
@@ -194,7 +194,7 @@ fn serve_command(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
       .map_err(|e| anyhow::anyhow!("--outbound: {e}"))?
   };
   // How the config file loads, now and (under `runtime dev`) on each change.
-  let load_config: Option<runtime::dev::ConfigLoader> = config_file.clone().map(|path| {
+  let load_config: Option<runtime_engine::dev::ConfigLoader> = config_file.clone().map(|path| {
     let (env, state_dir, outbound, coarse_time) = (
       args.env.clone(),
       args.state_dir.clone(),
@@ -202,10 +202,10 @@ fn serve_command(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
       args.coarse_time,
     );
     Box::new(move || {
-      if runtime::wrangler::is_wrangler_file(&path) {
-        runtime::wrangler::load(
+      if runtime_engine::wrangler::is_wrangler_file(&path) {
+        runtime_engine::wrangler::load(
           &path,
-          &runtime::wrangler::ProjectOptions {
+          &runtime_engine::wrangler::ProjectOptions {
             env: env.as_deref(),
             state_dir: &state_dir,
             outbound: outbound.clone(),
@@ -215,12 +215,12 @@ fn serve_command(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
       } else {
         EngineConfig::load(&path, |key| std::env::var(key).ok())
       }
-    }) as runtime::dev::ConfigLoader
+    }) as runtime_engine::dev::ConfigLoader
   });
   let config = match (&load_config, &args.script) {
     (Some(load), _) => load()?,
     (None, Some(script)) => {
-      runtime::config::check_against_cage("--memory-limit", args.memory_limit)?;
+      runtime_engine::config::check_against_cage("--memory-limit", args.memory_limit)?;
       let mut config = EngineConfig::single(
         script,
         match args.isolation {
@@ -236,7 +236,7 @@ fn serve_command(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
         args
           .crons
           .iter()
-          .map(|c| runtime::config::CronTrigger::parse(c).context("--cron"))
+          .map(|c| runtime_engine::config::CronTrigger::parse(c).context("--cron"))
           .collect::<anyhow::Result<_>>()?,
         &args.kv,
         &args.state_dir,
@@ -269,7 +269,7 @@ fn serve_command(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     test_scheduled: args.test_scheduled,
     admin: args.admin,
     access_log: args.access_log,
-    dev: dev.then_some(runtime::server::DevOptions {
+    dev: dev.then_some(runtime_engine::server::DevOptions {
       config_file,
       load_config,
     }),
@@ -288,12 +288,12 @@ fn serve_command(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-  runtime::worker::tune_allocator();
+  runtime_engine::worker::tune_allocator();
   let cli = Cli::parse();
   // A script's console.debug is shown by default, as Deno and workerd do;
   // the WPT runner shows none of it.
   let default_filter = match cli.command {
-    Command::Wpt(_) => runtime::wpt::LOG_FILTER,
+    Command::Wpt(_) => runtime_wpt::LOG_FILTER,
     _ => "info,console=debug",
   };
   let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -308,7 +308,7 @@ fn main() -> ExitCode {
     LogFormat::Json => logs.json().flatten_event(true).init(),
   }
   let result = match cli.command {
-    Command::Wpt(args) => return runtime::wpt::main(args),
+    Command::Wpt(args) => return runtime_wpt::main(args),
     Command::Serve(args) => serve_command(args, false),
     Command::Dev(args) => serve_command(args, true),
   };

@@ -1214,7 +1214,7 @@ async fn isolates_share_code_caches_only_for_the_same_source() {
     let mut cmd = serve_script_cmd(&script);
     cmd
       .args(["--threads", "1", "--isolation", "request"])
-      .env("RUST_LOG", "runtime::loader=debug");
+      .env("RUST_LOG", "runtime_engine::loader=debug");
     let mut srv = serve(cmd);
     let c = client();
     for _ in 0..3 {

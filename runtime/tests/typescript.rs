@@ -59,7 +59,7 @@ async fn modules_are_transpiled_once_per_process_not_per_isolate() {
   within(60, async {
     let mut cmd = serve_script_cmd(&fixture("typescript/worker.ts"));
     cmd.args(["--isolation", "request", "--threads", "2"]);
-    cmd.env("RUST_LOG", "info,runtime::typescript=debug");
+    cmd.env("RUST_LOG", "info,runtime_engine::typescript=debug");
     let mut srv = serve(cmd);
     let c = client();
     for _ in 0..6 {

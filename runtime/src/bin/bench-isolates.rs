@@ -30,10 +30,10 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use runtime::config::{Isolation, WorkerConfig, WorkerLimits};
-use runtime::loader::ScriptLoader;
-use runtime::pool::IsolatePool;
-use runtime::worker::{new_isolate, IncomingRequest, WorkerContext};
+use runtime_engine::config::{Isolation, WorkerConfig, WorkerLimits};
+use runtime_engine::loader::ScriptLoader;
+use runtime_engine::pool::IsolatePool;
+use runtime_engine::worker::{new_isolate, IncomingRequest, WorkerContext};
 use runtime_ext::http::HandlerOutcome;
 use tokio::sync::oneshot;
 
@@ -44,7 +44,7 @@ fn percentile(sorted: &[u128], p: f64) -> u128 {
 
 /// CPU time of the calling thread.
 fn thread_cpu_us() -> u128 {
-  runtime::limits::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0) as u128 / 1000
+  runtime_engine::limits::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0) as u128 / 1000
 }
 
 fn rss_kib() -> u64 {
@@ -214,7 +214,7 @@ fn print_heap_spaces(isolate: &mut deno_core::v8::Isolate) {
 
 fn main() {
   // As the server does (src/main.rs).
-  runtime::worker::tune_allocator();
+  runtime_engine::worker::tune_allocator();
   let count: usize = std::env::args()
     .nth(1)
     .and_then(|n| n.parse().ok())
@@ -240,7 +240,7 @@ fn main() {
     if std::env::var_os("BENCH_ALONE").is_some() {
       drop(new_isolate(Rc::new(ScriptLoader::new("/".into())), "first").unwrap());
     } else {
-      runtime::worker::anchor_read_only_heap().unwrap();
+      runtime_engine::worker::anchor_read_only_heap().unwrap();
     }
 
     let mut created = Vec::with_capacity(count);

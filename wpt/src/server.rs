@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 
-use super::tls::TestCertificates;
+use crate::tls::TestCertificates;
 
 pub const WPTSERVE_VERSION: &str = "4.0.3";
 const LAUNCHER: &str = include_str!("launch_wptserve.py");

@@ -132,7 +132,7 @@ fn expectations_path(args: &WptArgs) -> PathBuf {
   if local.exists() {
     return local;
   }
-  Path::new(env!("CARGO_MANIFEST_DIR")).join("../wpt/expectations.json")
+  Path::new(env!("CARGO_MANIFEST_DIR")).join("expectations.json")
 }
 
 fn base_timeout(test: &TestCase, multiplier: f64) -> Duration {
@@ -141,7 +141,7 @@ fn base_timeout(test: &TestCase, multiplier: f64) -> Duration {
 }
 
 /// The WPT commit the expectations are for (`wpt/WPT_COMMIT`).
-const WPT_COMMIT: &str = include_str!("../../../wpt/WPT_COMMIT");
+const WPT_COMMIT: &str = include_str!("../WPT_COMMIT");
 
 /// Warns when the WPT directory is at another commit than the expectations
 /// were written for.

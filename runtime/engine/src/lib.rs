@@ -18,5 +18,4 @@ pub mod server;
 pub mod side_server;
 pub mod typescript;
 pub mod worker;
-pub mod wpt;
 pub mod wrangler;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{json, Value};
 
-use super::isolate::line;
+use crate::isolate::line;
 
 /// The name standing for the harness status among the subtests: a file
 /// whose harness did not end OK (an error, a timeout, a crash), or that was

@@ -19,8 +19,8 @@ use anyhow::{anyhow, Context as _};
 use deno_core::{v8, JsRuntime, PollEventLoopOptions};
 use serde_json::json;
 
-use super::tests::{resolve_url_path, TestCase};
-use crate::loader::ScriptLoader;
+use crate::tests::{resolve_url_path, TestCase};
+use runtime_engine::loader::ScriptLoader;
 
 /// The pending exception of a TryCatch scope, as text.
 macro_rules! exception_text {
@@ -74,7 +74,7 @@ pub async fn run_single(
 ) -> anyhow::Result<()> {
   let loader = Rc::new(ScriptLoader::new(wpt_dir.to_path_buf()));
   loader.seal();
-  let (mut runtime, _) = crate::worker::new_isolate(loader, &test.id)?;
+  let (mut runtime, _) = runtime_engine::worker::new_isolate(loader, &test.id)?;
   runtime.op_state().borrow_mut().put(WptState {
     wpt_dir: wpt_dir.to_path_buf(),
     server: server.to_string(),
