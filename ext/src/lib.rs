@@ -21,6 +21,10 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use deno_core::{Extension, OpDecl};
+/// The isolate's blob: URL store (in its `OpState` as
+/// `Arc<dyn BlobStoreTrait>`): emptied when a realm is replaced, so no URL
+/// outlives the request that made it.
+pub use deno_web::BlobStoreTrait;
 /// The document location, in the `OpState` of an isolate that has one (the
 /// WPT runner's): `URL.createObjectURL` names its origin in the URLs it
 /// makes. A Worker has none, so its blob: URLs are `blob:null/…`.

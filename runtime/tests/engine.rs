@@ -794,6 +794,75 @@ async fn isolation_request_carries_nothing_over() {
   .await;
 }
 
+/// What one isolated request leaves behind (a global, changed `Array.prototype` and
+/// `Object.prototype`, a timer and a `waitUntil` still running, an unrevoked blob: URL) is not
+/// there for the next, whether the next reuses the isolate with a fresh realm (after the work is
+/// done) or gets another (while it runs); nor after a CPU or a memory limit stopped a request.
+/// /metrics shows the realms were reused, not isolates made for every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_request_leaves_nothing_for_the_next_request_in_a_fresh_realm() {
+  within(90, async {
+    let mut cmd = config_cmd("sandbox.toml", 1);
+    cmd.args(["--admin", "127.0.0.1:0"]);
+    let mut srv = serve(cmd);
+    let admin = srv.admin_url().await;
+    let c = client();
+    let host = "sandbox.test";
+    let clean = json!({
+      "count": 1, "global": null, "arrayProto": null, "objectProto": null, "timer": null,
+      "waitUntil": null, "blobUrl": null,
+    });
+    let (status, v) = get_json_host(&c, &srv, host, "/").await;
+    assert_eq!((status, &v), (200, &clean));
+    for round in 0..3 {
+      let (status, dirty) = get_json_host(&c, &srv, host, "/dirty").await;
+      assert_eq!(status, 200, "round {round}: {dirty}");
+      let made = dirty["made"].as_str().expect("a blob: URL").to_string();
+      assert!(made.starts_with("blob:"), "{made}");
+      // While its timer and waitUntil still run, and after.
+      let (status, v) = get_json_host(&c, &srv, host, "/").await;
+      assert_eq!((status, &v), (200, &clean), "round {round}, at once");
+      tokio::time::sleep(Duration::from_millis(400)).await;
+      let (status, v) = get_json_host(&c, &srv, host, "/").await;
+      assert_eq!((status, &v), (200, &clean), "round {round}, after its work");
+      let (status, v) = get_json_host(&c, &srv, host, &format!("/blob?url={made}")).await;
+      assert_eq!(status, 200);
+      assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("no Blob")),
+        "round {round}: the previous request's blob: URL must not resolve: {v}"
+      );
+    }
+    for (path, limit) in [("/loop", "CPU time limit"), ("/grow", "memory limit")] {
+      let (status, body) = get_host(&c, &srv, host, path).await;
+      assert_eq!(status, 503, "{path}: {body}");
+      srv.wait_for_log_lines(&["sandbox", limit], 1, 10).await;
+      let (status, v) = get_json_host(&c, &srv, host, "/").await;
+      assert_eq!((status, &v), (200, &clean), "after {path}");
+    }
+    let metrics = c
+      .get(format!("{admin}/metrics"))
+      .send()
+      .await
+      .unwrap()
+      .text()
+      .await
+      .unwrap();
+    let counter = |name: &str| -> u64 {
+      metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    // 17 requests; realms are reset after those that end cleanly (not the two stopped).
+    let reset = counter("runtime_realms_reset_total ");
+    let created = counter("runtime_isolates_created_total ");
+    assert!(reset >= 8, "realms reset: {reset}\n{metrics}");
+    assert!(created < 17, "isolates created: {created}\n{metrics}");
+    srv.stop_cleanly().await;
+  })
+  .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Config errors: nothing half-starts
 // ---------------------------------------------------------------------------------------------

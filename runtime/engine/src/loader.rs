@@ -175,6 +175,12 @@ impl ScriptLoader {
     self.sealed.set(true);
   }
 
+  /// Allows loads again, for the worker's script loaded anew in a fresh
+  /// realm (sealed again once its top level has run).
+  pub fn unseal(&self) {
+    self.sealed.set(false);
+  }
+
   fn check(&self, specifier: &ModuleSpecifier) -> Result<PathBuf, ModuleLoaderError> {
     if self.sealed.get() {
       return Err(JsErrorBox::type_error(format!(

@@ -79,6 +79,7 @@ pub struct ThreadMetrics {
   isolates_created: AtomicU64,
   isolates_evicted: AtomicU64,
   spare_misses: AtomicU64,
+  realms_reset: AtomicU64,
   /// Gauges the thread refreshes on a tick (they need its isolates).
   isolates_alive: AtomicU64,
   heap_used_bytes: AtomicU64,
@@ -128,6 +129,9 @@ pub enum Event {
   IsolateEvicted,
   /// A new worker found no spare isolate ready and waited for one.
   SpareMiss,
+  /// `isolation = "request"`: an isolate was given a fresh realm for the
+  /// next request instead of being dropped.
+  RealmReset,
 }
 
 thread_local! {
@@ -144,6 +148,7 @@ pub fn count(event: Event) {
           Event::IsolateCreated => &metrics.isolates_created,
           Event::IsolateEvicted => &metrics.isolates_evicted,
           Event::SpareMiss => &metrics.spare_misses,
+          Event::RealmReset => &metrics.realms_reset,
         },
         1,
       );
@@ -194,6 +199,7 @@ impl Metrics {
       isolates_created: AtomicU64::new(0),
       isolates_evicted: AtomicU64::new(0),
       spare_misses: AtomicU64::new(0),
+      realms_reset: AtomicU64::new(0),
       isolates_alive: AtomicU64::new(0),
       heap_used_bytes: AtomicU64::new(0),
       heap_committed_bytes: AtomicU64::new(0),
@@ -342,6 +348,11 @@ impl Collector for Metrics {
         "runtime_spare_isolate_misses",
         "New workers that found no spare isolate ready and waited for one to be made.",
         sum(&|t| read(&t.spare_misses)),
+      ),
+      (
+        "runtime_realms_reset",
+        "Isolated requests' isolates given a fresh realm from the snapshot for the next request (isolation = \"request\").",
+        sum(&|t| read(&t.realms_reset)),
       ),
     ] {
       ConstCounter::new(value).encode(encoder.encode_descriptor(

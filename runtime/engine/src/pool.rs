@@ -11,7 +11,9 @@ use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
 use crate::config::{Isolation, WorkerConfig};
-use crate::worker::{IncomingRequest, IsolateMemory, SharedWorker, Worker, WorkerContext};
+use crate::worker::{
+  FreshRealm, IncomingRequest, IsolateMemory, SharedWorker, Worker, WorkerContext,
+};
 
 /// What one thread's warm isolates may hold, in bytes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,6 +36,41 @@ pub struct IsolatePool {
   live: RefCell<FxHashMap<usize, LiveWorker>>,
   clock: Cell<u64>,
   running: Rc<Cell<usize>>,
+  /// `isolation = "request"`: per worker, an isolate whose last request is
+  /// done, with a fresh realm waiting for the next one.
+  parked: Rc<ParkedWorkers>,
+}
+
+/// Isolates of workers with `isolation = "request"` that served a request
+/// and wait with a fresh realm for the next, by worker index: as many per
+/// worker as its requests ran at once (a request's response leaves before
+/// its isolate is parked, so the next one on the same connection takes
+/// another), and no more in all than the thread's share of `max_isolates`.
+struct ParkedWorkers {
+  workers: RefCell<FxHashMap<usize, Vec<FreshRealm>>>,
+  count: Cell<usize>,
+  max: usize,
+}
+
+impl ParkedWorkers {
+  fn take(&self, index: usize) -> Option<FreshRealm> {
+    let fresh = self.workers.borrow_mut().get_mut(&index)?.pop()?;
+    self.count.set(self.count.get() - 1);
+    Some(fresh)
+  }
+
+  fn park(&self, index: usize, fresh: FreshRealm) {
+    if self.count.get() >= self.max {
+      return;
+    }
+    self.count.set(self.count.get() + 1);
+    self
+      .workers
+      .borrow_mut()
+      .entry(index)
+      .or_default()
+      .push(fresh);
+  }
 }
 
 struct LiveWorker {
@@ -62,6 +99,11 @@ impl IsolatePool {
       live: RefCell::new(FxHashMap::default()),
       clock: Cell::new(0),
       running: Rc::new(Cell::new(0)),
+      parked: Rc::new(ParkedWorkers {
+        workers: RefCell::default(),
+        count: Cell::new(0),
+        max: max_live.max(1),
+      }),
     }
   }
 
@@ -105,9 +147,19 @@ impl IsolatePool {
       None => self.workers[index].clone(),
     };
     let ctx = self.ctx.clone();
+    // An isolated request's isolate is reused in a fresh realm, but not
+    // under `runtime dev` (versions) or an inspector (one context each).
+    let reuse = (config.isolation == Isolation::Request
+      && config.dev.is_none()
+      && config.inspector.is_none())
+    .then(|| Reuse {
+      parked: self.parked.clone(),
+      index,
+      fresh: self.parked.take(index),
+    });
     tokio::task::spawn_local(async move {
       let _running = running;
-      run_worker(config, ctx, shared, requests).await;
+      run_worker(config, ctx, shared, requests, reuse).await;
     });
   }
 
@@ -309,18 +361,40 @@ impl IsolatePool {
   }
 }
 
-/// Loads a worker and serves `requests` until the channel closes or a limit
-/// stops it.
+/// An isolated request's worker: the one parked for it, if any, and where
+/// its isolate goes once the request is done.
+struct Reuse {
+  parked: Rc<ParkedWorkers>,
+  index: usize,
+  fresh: Option<FreshRealm>,
+}
+
+/// Loads a worker (into the fresh realm parked for it, if any) and serves
+/// `requests` until the channel closes or a limit stops it; with `reuse`,
+/// then gives its isolate a fresh realm and parks it.
 async fn run_worker(
   config: WorkerConfig,
   ctx: WorkerContext,
   shared: Rc<SharedWorker>,
   mut requests: mpsc::UnboundedReceiver<IncomingRequest>,
+  mut reuse: Option<Reuse>,
 ) {
-  match Worker::load(&config, &ctx).await {
+  let loaded = match reuse.as_mut().and_then(|r| r.fresh.take()) {
+    Some(fresh) => fresh.load(&config).await,
+    None => Worker::load(&config, &ctx).await,
+  };
+  match loaded {
     Ok(worker) => {
       shared.install(worker);
-      Worker::serve(&shared, requests).await;
+      let served = Worker::serve(&shared, requests).await;
+      if let (Some(worker), Some(reuse)) = (served, reuse) {
+        match worker.into_fresh_realm() {
+          Ok(fresh) => reuse.parked.park(reuse.index, fresh),
+          Err(error) => {
+            tracing::debug!(worker = %config.name, "isolate not reused: {error:#}");
+          }
+        }
+      }
     }
     Err(error) => {
       tracing::error!(worker = %config.name, "failed to start: {error:#}");

@@ -259,6 +259,8 @@ pub struct Worker {
   // Dropped before `rt` (see `Drop`), with the isolate entered.
   handles: Option<RequestHandles>,
   rt: IsolateRuntime,
+  /// The isolate's module loader (the runtime's), set up for this worker.
+  loader: Rc<ScriptLoader>,
   name: String,
   cpu: Arc<CpuSlot>,
   cpu_budget: Duration,
@@ -353,9 +355,6 @@ impl Worker {
   /// Creates an isolate from the snapshot, loads the worker's script and its
   /// imports as ES modules, evaluates them, and finds the fetch handler.
   pub async fn load(config: &WorkerConfig, ctx: &WorkerContext) -> anyhow::Result<Worker> {
-    let script = &config.main;
-    let root = script.parent().map(Path::to_path_buf).unwrap_or_default();
-    let poison = Rc::new(Poison::default());
     crate::metrics::count(crate::metrics::Event::IsolateCreated);
     let spare = match take_spare(config.limits.memory_mb) {
       Some(spare) => spare,
@@ -367,13 +366,95 @@ impl Worker {
     let SpareIsolate {
       mut rt,
       loader,
+      entry,
+      handle,
+      array_buffers,
+    } = spare;
+    let responses = rt.with(shared_responses);
+    let mut worker = Worker {
+      handles: None,
+      rt,
+      loader,
+      name: config.name.clone(),
+      cpu: ctx.cpu.clone(),
+      cpu_budget: Duration::ZERO,
+      startup_credit: Duration::ZERO,
+      scheduled_budget: Duration::ZERO,
+      scheduled_in_flight: Vec::new(),
+      isolate_handle: handle,
+      poison: Rc::default(),
+      array_buffers,
+      memory_mb: config.limits.memory_mb,
+      responses,
+      sockets: Rc::default(),
+      clock: None,
+      loaded_files: None,
+    };
+    worker.load_script(entry, config).await?;
+    Ok(worker)
+  }
+
+  /// `isolation = "request"`: this worker's isolate, its request and
+  /// `waitUntil` work done, with a fresh realm in place of the one that
+  /// served (a new context from the snapshot: see patches/README.md), for the
+  /// next request to load the script into at a fraction of an isolate's
+  /// cost. Its resources (bodies, streams, sockets) are closed and its blob:
+  /// URLs revoked first; nothing of the old context is reachable afterwards.
+  /// An error (an async op still pending) means the isolate is not reused.
+  pub fn into_fresh_realm(mut self) -> anyhow::Result<FreshRealm> {
+    let entry = self.rt.with(|runtime| {
+      // Globals of the old context go while it is entered.
+      drop(self.handles.take());
+      self.responses.borrow_mut().forget_content_type();
+      {
+        let state = runtime.op_state();
+        let mut state = state.borrow_mut();
+        let rids: Vec<_> = state.resource_table.names().map(|(rid, _)| rid).collect();
+        for rid in rids {
+          if let Ok(resource) = state.resource_table.take_any(rid) {
+            resource.close();
+          }
+        }
+        if let Some(blobs) = state.try_borrow::<Arc<dyn runtime_ext::BlobStoreTrait>>() {
+          blobs.clear();
+        }
+      }
+      runtime.reset_main_realm()?;
+      let [dispatch, set_handler, create_kv, wire_console] = prepare(runtime, "")?;
+      anyhow::Ok(EntryPoints {
+        dispatch,
+        set_handler,
+        create_kv,
+        wire_console,
+      })
+    })?;
+    crate::metrics::count(crate::metrics::Event::RealmReset);
+    self.responses = self.rt.with(shared_responses);
+    self.poison = Rc::default();
+    self.scheduled_in_flight.clear();
+    Ok(FreshRealm {
+      worker: self,
+      entry,
+    })
+  }
+
+  /// Loads the worker's script into the isolate's current realm (fresh from
+  /// the snapshot, `entry` its entry points) under the start-up budget, and
+  /// keeps what its requests need.
+  async fn load_script(&mut self, entry: EntryPoints, config: &WorkerConfig) -> anyhow::Result<()> {
+    let EntryPoints {
       dispatch,
       set_handler,
       create_kv,
       wire_console,
-      handle: isolate_handle,
-      array_buffers,
-    } = spare;
+    } = entry;
+    let script = &config.main;
+    let root = script.parent().map(Path::to_path_buf).unwrap_or_default();
+    let poison = self.poison.clone();
+    let isolate_handle = self.isolate_handle.clone();
+    let loader = self.loader.clone();
+    let rt = &mut self.rt;
+    loader.unseal();
     loader.set_root(root);
     // Under `runtime dev`, the serving version's files, or (its first load)
     // the disk, recorded.
@@ -440,7 +521,7 @@ impl Worker {
     let bindings = &bindings;
     let subrequests = config.limits.subrequests;
     let isolate = rt.isolate();
-    let cpu = ctx.cpu.clone();
+    let cpu = self.cpu.clone();
     let cpu_budget = Duration::from_millis(config.limits.cpu_ms);
     let startup_budget = Duration::from_millis(config.limits.startup_ms);
     let poison_at_load = poison.clone();
@@ -500,33 +581,17 @@ impl Worker {
     .await
     .with_context(|| format!("worker {:?}", config.name))?;
 
-    let (handles, responses) = rt.with(|runtime| {
-      let responses = runtime
-        .op_state()
-        .borrow()
-        .borrow::<SharedResponses>()
-        .clone();
-      (RequestHandles::new(runtime, dispatch), responses)
-    });
-    let loaded_files = version_loader.take_recorded();
-    Ok(Worker {
-      handles: Some(handles),
-      rt,
-      name: config.name.clone(),
-      cpu: ctx.cpu.clone(),
-      cpu_budget,
-      startup_credit: startup_budget.saturating_sub(startup_spent),
-      scheduled_budget: Duration::from_millis(config.limits.scheduled_cpu_ms),
-      scheduled_in_flight: Vec::new(),
-      isolate_handle,
-      poison,
-      array_buffers,
-      memory_mb: config.limits.memory_mb,
-      responses,
-      sockets,
-      clock,
-      loaded_files,
-    })
+    let handles = rt.with(|runtime| RequestHandles::new(runtime, dispatch));
+    self.handles = Some(handles);
+    self.loaded_files = version_loader.take_recorded();
+    self.name = config.name.clone();
+    self.cpu_budget = cpu_budget;
+    self.startup_credit = startup_budget.saturating_sub(startup_spent);
+    self.scheduled_budget = Duration::from_millis(config.limits.scheduled_cpu_ms);
+    self.memory_mb = config.limits.memory_mb;
+    self.sockets = sockets;
+    self.clock = clock;
+    Ok(())
   }
 
   /// The module files it loaded, if it recorded them (`runtime dev`).
@@ -787,11 +852,11 @@ impl Worker {
   /// Serves requests from `requests` (and those dispatched straight into
   /// it through `shared`) until the channel is closed and every request and
   /// all work left in the isolate (timers, `waitUntil`) is done, or a limit
-  /// stops the isolate. Returns whether the isolate is still usable.
+  /// stops the isolate. Returns the worker unless a limit stopped it.
   pub async fn serve(
     shared: &SharedWorker,
     mut requests: mpsc::UnboundedReceiver<IncomingRequest>,
-  ) -> bool {
+  ) -> Option<Worker> {
     let mut closed = false;
     poll_fn(|cx| {
       shared.register_task(cx.waker());
@@ -813,9 +878,7 @@ impl Worker {
       turn
     })
     .await;
-    let Some(worker) = shared.worker.borrow_mut().take() else {
-      return false;
-    };
+    let worker = shared.worker.borrow_mut().take()?;
     let poisoned = worker.poison.0.take().is_some();
     if poisoned {
       // Requests that were queued behind the one that broke the isolate.
@@ -827,8 +890,7 @@ impl Worker {
         )));
       }
     }
-    drop(worker);
-    !poisoned
+    (!poisoned).then_some(worker)
   }
 }
 
@@ -999,14 +1061,36 @@ impl SharedWorker {
 struct SpareIsolate {
   rt: IsolateRuntime,
   loader: Rc<ScriptLoader>,
+  entry: EntryPoints,
+  handle: v8::IsolateHandle,
+  array_buffers: Arc<ArrayBufferBudget>,
+}
+
+/// A worker's isolate with a fresh realm and no script yet
+/// ([`Worker::into_fresh_realm`]).
+pub struct FreshRealm {
+  worker: Worker,
+  entry: EntryPoints,
+}
+
+impl FreshRealm {
+  /// Loads the worker's script into the fresh realm, as
+  /// [`Worker::load`] does into a new isolate.
+  pub async fn load(self, config: &WorkerConfig) -> anyhow::Result<Worker> {
+    let Self { mut worker, entry } = self;
+    worker.load_script(entry, config).await?;
+    Ok(worker)
+  }
+}
+
+/// The engine's entry points into a realm, from its bootstrap.
+struct EntryPoints {
   dispatch: v8::Global<v8::Function>,
   set_handler: v8::Global<v8::Function>,
   /// `createKvNamespace(index)`: a KV binding's object.
   create_kv: v8::Global<v8::Function>,
   /// `wireConsoleToInspector()`, for an isolate with an inspector.
   wire_console: v8::Global<v8::Function>,
-  handle: v8::IsolateHandle,
-  array_buffers: Arc<ArrayBufferBudget>,
 }
 
 /// Spares are made with the default heap limit; a worker with another limit
@@ -1039,10 +1123,12 @@ impl SpareIsolate {
     Ok(Self {
       rt,
       loader,
-      dispatch,
-      set_handler,
-      create_kv,
-      wire_console,
+      entry: EntryPoints {
+        dispatch,
+        set_handler,
+        create_kv,
+        wire_console,
+      },
       handle,
       array_buffers,
     })
@@ -1174,6 +1260,15 @@ fn prepare(
     state.put(SharedResponses::default());
   }
   bootstrap(runtime)
+}
+
+/// The response slots `prepare` put in the isolate's `OpState`.
+fn shared_responses(runtime: &mut JsRuntime) -> SharedResponses {
+  runtime
+    .op_state()
+    .borrow()
+    .borrow::<SharedResponses>()
+    .clone()
 }
 
 /// Calls one of the engine's entry points into the isolate with no
