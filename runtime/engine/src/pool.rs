@@ -45,7 +45,16 @@ pub struct IsolatePool {
 /// and wait with a fresh realm for the next, by worker index: as many per
 /// worker as its requests ran at once (a request's response leaves before
 /// its isolate is parked, so the next one on the same connection takes
-/// another), and no more in all than the thread's share of `max_isolates`.
+/// another) up to PARKED_PER_WORKER, and no more in all than the thread's
+/// share of `max_isolates`. Past those, an isolate is dropped as before.
+/// Parked isolates per worker. The realms an isolate replaced are garbage in
+/// its old generation until V8's next full collection, which it puts off
+/// until the heap has grown by tens of MiB (forcing one costs more: a
+/// memory-reducing collection also flushes bytecode that every realm then
+/// compiles again), so each parked isolate may hold 20-30 MiB: a worker
+/// with many requests at once keeps this many, not one per request.
+const PARKED_PER_WORKER: usize = 4;
+
 struct ParkedWorkers {
   workers: RefCell<FxHashMap<usize, Vec<FreshRealm>>>,
   count: Cell<usize>,
@@ -59,17 +68,26 @@ impl ParkedWorkers {
     Some(fresh)
   }
 
+  /// Whether another isolate of worker `index` would be kept.
+  fn has_room(&self, index: usize) -> bool {
+    self.count.get() < self.max
+      && self
+        .workers
+        .borrow()
+        .get(&index)
+        .is_none_or(|parked| parked.len() < PARKED_PER_WORKER)
+  }
+
   fn park(&self, index: usize, fresh: FreshRealm) {
     if self.count.get() >= self.max {
       return;
     }
-    self.count.set(self.count.get() + 1);
-    self
-      .workers
-      .borrow_mut()
-      .entry(index)
-      .or_default()
-      .push(fresh);
+    let mut workers = self.workers.borrow_mut();
+    let parked = workers.entry(index).or_default();
+    if parked.len() < PARKED_PER_WORKER {
+      parked.push(fresh);
+      self.count.set(self.count.get() + 1);
+    }
   }
 }
 
@@ -388,6 +406,9 @@ async fn run_worker(
       shared.install(worker);
       let served = Worker::serve(&shared, requests).await;
       if let (Some(worker), Some(reuse)) = (served, reuse) {
+        if !reuse.parked.has_room(reuse.index) {
+          return;
+        }
         match worker.into_fresh_realm() {
           Ok(fresh) => reuse.parked.park(reuse.index, fresh),
           Err(error) => {
