@@ -36,17 +36,11 @@ pub struct IsolatePool {
   live: RefCell<FxHashMap<usize, LiveWorker>>,
   clock: Cell<u64>,
   running: Rc<Cell<usize>>,
-  /// `isolation = "request"`: per worker, an isolate whose last request is
-  /// done, with a fresh realm waiting for the next one.
+  /// `isolation = "request"`: per worker, isolates whose last request is
+  /// done, each with a fresh realm waiting for the next one.
   parked: Rc<ParkedWorkers>,
 }
 
-/// Isolates of workers with `isolation = "request"` that served a request
-/// and wait with a fresh realm for the next, by worker index: as many per
-/// worker as its requests ran at once (a request's response leaves before
-/// its isolate is parked, so the next one on the same connection takes
-/// another) up to PARKED_PER_WORKER, and no more in all than the thread's
-/// share of `max_isolates`. Past those, an isolate is dropped as before.
 /// Parked isolates per worker. The realms an isolate replaced are garbage in
 /// its old generation until V8's next full collection, which it puts off
 /// until the heap has grown by tens of MiB (forcing one costs more: a
@@ -55,6 +49,12 @@ pub struct IsolatePool {
 /// with many requests at once keeps this many, not one per request.
 const PARKED_PER_WORKER: usize = 4;
 
+/// Isolates of workers with `isolation = "request"` that served a request
+/// and wait with a fresh realm for the next, by worker index: as many per
+/// worker as its requests ran at once (a request's response leaves before
+/// its isolate is parked, so the next one on the same connection takes
+/// another) up to PARKED_PER_WORKER, and no more in all than the thread's
+/// share of `max_isolates`. Past those, an isolate is dropped as before.
 struct ParkedWorkers {
   workers: RefCell<FxHashMap<usize, Vec<FreshRealm>>>,
   count: Cell<usize>,

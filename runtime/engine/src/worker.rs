@@ -400,14 +400,15 @@ impl Worker {
   /// next request to load the script into at a fraction of an isolate's
   /// cost. Its resources (bodies, streams, sockets) are closed and its blob:
   /// URLs revoked first; nothing of the old context is reachable afterwards.
-  /// An error (an async op still pending) means the isolate is not reused.
+  /// An error (an async op still pending, a heap past REALM_REUSE_HEAP)
+  /// means the isolate is not reused.
   pub fn into_fresh_realm(mut self) -> anyhow::Result<FreshRealm> {
     let entry = self.rt.with(|runtime| {
       // The realms an isolate replaced stay in its heap until V8's next
       // full collection (forcing one costs more than a new isolate: a
       // memory-reducing collection also flushes the bytecode every realm
       // then compiles again), and some APIs keep a replaced realm alive
-      // longer (crypto.subtle.digest does: issue 14's notes). An isolate
+      // longer (crypto.subtle.digest does: README.md, "A sandbox per request"). An isolate
       // whose heap has grown past REALM_REUSE_HEAP is dropped instead.
       let used = runtime.v8_isolate().get_heap_statistics().used_heap_size();
       if used > REALM_REUSE_HEAP {
