@@ -79,13 +79,13 @@ impl ParkedWorkers {
   }
 
   fn park(&self, index: usize, fresh: FreshRealm) {
-    if self.count.get() >= self.max {
-      return;
-    }
-    let mut workers = self.workers.borrow_mut();
-    let parked = workers.entry(index).or_default();
-    if parked.len() < PARKED_PER_WORKER {
-      parked.push(fresh);
+    if self.has_room(index) {
+      self
+        .workers
+        .borrow_mut()
+        .entry(index)
+        .or_default()
+        .push(fresh);
       self.count.set(self.count.get() + 1);
     }
   }

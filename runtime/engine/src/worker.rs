@@ -377,9 +377,9 @@ impl Worker {
       loader,
       name: config.name.clone(),
       cpu: ctx.cpu.clone(),
-      cpu_budget: Duration::ZERO,
+      cpu_budget: Duration::from_millis(config.limits.cpu_ms),
       startup_credit: Duration::ZERO,
-      scheduled_budget: Duration::ZERO,
+      scheduled_budget: Duration::from_millis(config.limits.scheduled_cpu_ms),
       scheduled_in_flight: Vec::new(),
       isolate_handle: handle,
       poison: Rc::default(),
@@ -537,7 +537,6 @@ impl Worker {
     let subrequests = config.limits.subrequests;
     let isolate = rt.isolate();
     let cpu = self.cpu.clone();
-    let cpu_budget = Duration::from_millis(config.limits.cpu_ms);
     let startup_budget = Duration::from_millis(config.limits.startup_ms);
     let poison_at_load = poison.clone();
     let clock_at_load = clock.clone();
@@ -599,11 +598,7 @@ impl Worker {
     let handles = rt.with(|runtime| RequestHandles::new(runtime, dispatch));
     self.handles = Some(handles);
     self.loaded_files = version_loader.take_recorded();
-    self.name = config.name.clone();
-    self.cpu_budget = cpu_budget;
     self.startup_credit = startup_budget.saturating_sub(startup_spent);
-    self.scheduled_budget = Duration::from_millis(config.limits.scheduled_cpu_ms);
-    self.memory_mb = config.limits.memory_mb;
     self.sockets = sockets;
     self.clock = clock;
     Ok(())
